@@ -1,0 +1,61 @@
+"""Shared CLI plumbing: consoles, error rendering and exit codes.
+
+Exit codes: 0 success, 1 runtime/data error (one clear line), 2 usage error (typer/click).
+A traceback is shown only with `m2s --debug ...`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from m2s.errors import M2SError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+out = Console()
+err = Console(stderr=True)
+
+
+DEBUG_ENV = "M2S_DEBUG"
+
+
+def set_debug(enabled: bool) -> None:
+    """Record `--debug` for this process (the root callback runs before every subcommand)."""
+    if enabled:
+        os.environ[DEBUG_ENV] = "1"
+    else:
+        os.environ.pop(DEBUG_ENV, None)
+
+
+def is_debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def handle_errors(fn: F) -> F:
+    """Turn m2s errors (and a few OS errors) into one red line and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (M2SError, OSError) as exc:
+            if is_debug():
+                raise
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def not_implemented(stage: str) -> None:
+    err.print(f"[bold red]error:[/] `m2s {stage}` is not implemented yet")
+    raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""Multi-to-single distillation: voxel correspondence, loss terms and their configuration."""

@@ -1,0 +1,66 @@
+"""Evaluation with the official SemanticKITTI metrics: scores, reports, plots, benchmark export."""
+
+from m2s.evaluation.export import LabelExporter, prediction_path
+from m2s.evaluation.metrics import (
+    DEFAULT_DISTANCE_EDGES,
+    BandedConfusion,
+    ConfusionAccumulator,
+    SemanticScores,
+    band_labels,
+    horizontal_distance,
+    scores_from_confusion,
+)
+from m2s.evaluation.report import (
+    METRICS_FILE,
+    TABLE_FILE,
+    EvaluationReport,
+    ModelResult,
+    TableRow,
+    comparison_rows,
+    read_metrics_json,
+    table_csv,
+)
+from m2s.evaluation.runner import (
+    EvaluationConfig,
+    EvaluationOutcome,
+    FusedCacheSource,
+    KittiScanSource,
+    ModelUnderTest,
+    ScanItem,
+    ScanPredictor,
+    ScanSource,
+    check_compatibility,
+    evaluate_models,
+    run_evaluation,
+)
+
+__all__ = [
+    "DEFAULT_DISTANCE_EDGES",
+    "METRICS_FILE",
+    "TABLE_FILE",
+    "BandedConfusion",
+    "ConfusionAccumulator",
+    "EvaluationConfig",
+    "EvaluationOutcome",
+    "EvaluationReport",
+    "FusedCacheSource",
+    "KittiScanSource",
+    "LabelExporter",
+    "ModelResult",
+    "ModelUnderTest",
+    "ScanItem",
+    "ScanPredictor",
+    "ScanSource",
+    "SemanticScores",
+    "TableRow",
+    "band_labels",
+    "check_compatibility",
+    "comparison_rows",
+    "evaluate_models",
+    "horizontal_distance",
+    "prediction_path",
+    "read_metrics_json",
+    "run_evaluation",
+    "scores_from_confusion",
+    "table_csv",
+]

@@ -1,0 +1,352 @@
+"""The fused cache: HDF5 writer and reader (artifact kind ``fused-cache``, format version 1).
+
+Layout::
+
+    OUT/manifest.json       artifact manifest (kind "fused-cache"), written last
+    OUT/sequences/SS.h5     one HDF5 file per sequence SS
+
+Each ``SS.h5`` holds the sequence's S scans in frame order as one concatenation of T rows.
+Scan i occupies rows ``offset[i]:offset[i+1]`` (its *block*). The first ``n_target[i]`` rows of a
+block are the scan's own points, exactly as stored in ``velodyne/FFFFFF.bin`` (same bytes, same
+order) with the labels of ``labels/FFFFFF.label``: this is the single-scan student's input. The
+remaining rows are hard-class instance points fused from neighbouring scans and expressed in the
+target scan's LiDAR frame; the multi-scan teacher sees the whole block. Fused rows are ordered by
+source frame (ascending), then instance id, then their order in the source scan.
+
+Datasets (root group):
+
+    frame     int32   (S,)    frame number of each scan (ascending)
+    offset    int64   (S+1,)  first row of each block; offset[0] = 0, offset[S] = T
+    n_target  int32   (S,)    number of the scan's own rows at the start of its block
+    points    float32 (T,4)   x, y, z, remission in the target scan's LiDAR frame
+    label     uint32  (T,)    raw label word, instance << 16 | semantic raw id (as in .label)
+    source    int32   (T,)    frame each row came from (the block's own frame for target rows)
+
+Attributes (root group):
+
+    format             "m2s-fused-cache"
+    format_version     1 (== m2s.artifacts.FORMAT_VERSIONS["fused-cache"])
+    sequence           "SS"
+    window, future     neighbour window in frame numbers; whether later scans were admitted
+    align              "auto" | "pose" | "centroid" | "icp"
+    hard_classes       JSON list of the hard train-class names
+    hard_raw_ids       int64 array of the raw semantic ids fused (incl. moving-*)
+    label_digest       LabelManifest.digest() of the label manifest used
+    input_fingerprint  Sequence.fingerprint() of the raw sequence read
+    config             JSON of the full fusion config (thresholds, ICP settings)
+    storage            JSON of the chunking / compression used
+    sequence_key       sha256 over everything above that decides the content (resume check)
+    stats              JSON per-hard-class counters of this sequence
+
+``points``/``label``/``source`` are chunked along rows (see :data:`DEFAULT_STORAGE`, chosen by
+``benchmarks/bench_fuse.py``); any HDF5 reader can read a block with one slice per dataset.
+A file appears under its final name only once complete (written under a temporary name, then
+renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from m2s.artifacts import FORMAT_VERSIONS, Manifest, load_artifact
+from m2s.errors import ArtifactError
+from m2s.fuse.fusion import FusedScan
+from m2s.io_utils import atomic_path
+
+FORMAT_NAME = "m2s-fused-cache"
+FORMAT_VERSION = FORMAT_VERSIONS["fused-cache"]
+KIND = "fused-cache"
+SEQUENCES_DIR = "sequences"
+# Chunk cache per open file: a 64x2048 block spans ~2-3 chunks of 64k rows.
+_RDCC_NBYTES = 8 << 20
+
+
+class CacheStorage(BaseModel):
+    """HDF5 chunking and compression of the row datasets."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    chunk_rows: int = Field(65536, ge=1024)
+    points_compression: Literal["none", "lzf", "gzip"] = "none"
+    aux_compression: Literal["none", "lzf", "gzip"] = "lzf"  # label and source
+    gzip_level: int = Field(1, ge=0, le=9)
+
+    def filter_kwargs(self, which: str) -> dict[str, Any]:
+        comp = self.points_compression if which == "points" else self.aux_compression
+        if comp == "none":
+            return {}
+        if comp == "gzip":
+            return {"compression": "gzip", "compression_opts": self.gzip_level}
+        return {"compression": "lzf"}
+
+
+# Chosen by measurement (benchmarks/bench_fuse.py, see README): float32 coordinates barely
+# compress, so `points` stays raw (fastest reads); label/source words compress ~10x with lzf at
+# negligible read cost.
+DEFAULT_STORAGE = CacheStorage()
+
+
+def sequence_file(out: str | Path, sequence: str) -> Path:
+    return Path(out) / SEQUENCES_DIR / f"{sequence}.h5"
+
+
+def remove_stale_temporaries(out: str | Path, sequence: str) -> list[Path]:
+    """Delete temporary files a killed run left for `sequence` (``.SS.h5.*.tmp``)."""
+    folder = Path(out) / SEQUENCES_DIR
+    removed = []
+    if folder.is_dir():
+        for p in folder.glob(f".{sequence}.h5.*.tmp"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+class _RowAppender:
+    """Append rows to a resizable dataset, writing whole chunks only (each chunk is written, and
+    compressed, exactly once); the remainder is flushed on close."""
+
+    def __init__(self, ds: h5py.Dataset, chunk_rows: int) -> None:
+        self.ds, self.chunk_rows = ds, chunk_rows
+        self.parts: list[np.ndarray] = []
+        self.buffered = 0
+        self.written = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        self.parts.append(rows)
+        self.buffered += rows.shape[0]
+        if self.buffered >= self.chunk_rows:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        data = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+        n = data.shape[0] if final else (data.shape[0] // self.chunk_rows) * self.chunk_rows
+        if n:
+            self.ds.resize(self.written + n, axis=0)
+            self.ds[self.written : self.written + n] = data[:n]
+            self.written += n
+        rest = data[n:]
+        self.parts = [rest] if rest.shape[0] else []
+        self.buffered = rest.shape[0]
+
+    def close(self) -> None:
+        if self.parts:
+            self._flush(final=True)
+
+
+@dataclass(frozen=True)
+class WrittenSequence:
+    scans: int
+    rows: int
+
+
+def write_sequence_file(
+    path: str | Path,
+    blocks: Iterable[FusedScan],
+    attrs: dict[str, Any],
+    storage: CacheStorage = DEFAULT_STORAGE,
+    late_attrs: Callable[[], dict[str, Any]] | None = None,
+) -> WrittenSequence:
+    """Stream `blocks` into `path` (atomic: a temporary file renamed when complete).
+
+    `late_attrs` is called after the last block, for attributes only known then (statistics).
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            c = storage.chunk_rows
+            pts = h5.create_dataset(
+                "points", shape=(0, 4), maxshape=(None, 4), dtype=np.float32, chunks=(c, 4),
+                **storage.filter_kwargs("points"),
+            )
+            lab = h5.create_dataset(
+                "label", shape=(0,), maxshape=(None,), dtype=np.uint32, chunks=(c,), **storage.filter_kwargs("aux")
+            )
+            src = h5.create_dataset(
+                "source", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(c,), **storage.filter_kwargs("aux")
+            )
+            appenders = [_RowAppender(pts, c), _RowAppender(lab, c), _RowAppender(src, c)]
+            frames: list[int] = []
+            n_target: list[int] = []
+            offsets = [0]
+            for b in blocks:
+                for app, arr in zip(appenders, (b.points, b.label, b.source)):
+                    app.append(arr)
+                frames.append(b.frame)
+                n_target.append(b.n_target)
+                offsets.append(offsets[-1] + b.points.shape[0])
+            for app in appenders:
+                app.close()
+            h5.create_dataset("frame", data=np.asarray(frames, dtype=np.int32))
+            h5.create_dataset("offset", data=np.asarray(offsets, dtype=np.int64))
+            h5.create_dataset("n_target", data=np.asarray(n_target, dtype=np.int32))
+            h5.attrs["format"] = FORMAT_NAME
+            h5.attrs["format_version"] = FORMAT_VERSION
+            h5.attrs["storage"] = storage.model_dump_json()
+            for key, value in {**attrs, **(late_attrs() if late_attrs else {})}.items():
+                h5.attrs[key] = value
+    return WrittenSequence(scans=len(frames), rows=offsets[-1])
+
+
+def read_sequence_attrs(path: str | Path) -> dict[str, Any] | None:
+    """The root attributes of a completed sequence file, or None if it is unreadable."""
+    try:
+        with h5py.File(path, "r") as h5:
+            return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()}
+    except (OSError, KeyError):
+        return None
+
+
+# ---- reader -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FusedBlock:
+    """One scan of the cache: rows ``[:n_target]`` are the scan itself, the rest fused points."""
+
+    points: np.ndarray  # float32 (T,4)
+    label: np.ndarray  # uint32 (T,)
+    source: np.ndarray  # int32 (T,)
+    n_target: int
+    sequence: str
+    frame: int
+
+
+@dataclass(frozen=True)
+class _SequenceIndex:
+    frames: np.ndarray  # int32 (S,)
+    offset: np.ndarray  # int64 (S+1,)
+    n_target: np.ndarray  # int32 (S,)
+
+
+class FusedCache:
+    """Random access to the scans of a fused cache.
+
+    Safe in torch DataLoader workers: HDF5 handles are opened lazily per process (tracked by
+    pid) and never pickled, so a cache created in the parent can be sent to forked or spawned
+    workers.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.manifest: Manifest = load_artifact(self.path, KIND)
+        cfg = self.manifest.config
+        try:
+            self.sequences: list[str] = list(cfg["sequences"])
+            self.label_digest: str = str(cfg["label_digest"])
+            self.hard_raw_ids = np.asarray(cfg["hard_classes"]["raw_ids"], dtype=np.int64)
+            self.hard_classes: list[str] = list(cfg["hard_classes"]["names"])
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(f"{self.path}: fused-cache manifest lacks config entry {exc}") from None
+        for rec in self.manifest.files:
+            if not (self.path / rec.path).is_file():
+                raise ArtifactError(f"{self.path}: file listed in the manifest is missing: {self.path / rec.path}")
+        self._index: dict[str, _SequenceIndex] = {}
+        for seq in self.sequences:
+            self._index[seq] = self._read_index(seq)
+        counts = np.array([self._index[s].frames.shape[0] for s in self.sequences], dtype=np.int64)
+        self._starts = np.concatenate(([0], np.cumsum(counts)))
+        self.index: list[tuple[str, int]] = [
+            (s, int(f)) for s in self.sequences for f in self._index[s].frames.tolist()
+        ]
+        self._pid: int | None = None
+        self._handles: dict[str, h5py.File] = {}
+
+    @property
+    def content_id(self) -> str:
+        return self.manifest.content_id
+
+    def _read_index(self, seq: str) -> _SequenceIndex:
+        p = sequence_file(self.path, seq)
+        if not p.is_file():
+            raise ArtifactError(f"{self.path}: fused cache file for sequence {seq} is missing: {p}")
+        try:
+            with h5py.File(p, "r") as h5:
+                version = h5.attrs.get("format_version")
+                if h5.attrs.get("format") != FORMAT_NAME or version != FORMAT_VERSION:
+                    raise ArtifactError(
+                        f"{p}: not a fused-cache file of format version {FORMAT_VERSION} (found {version!r})"
+                    )
+                idx = _SequenceIndex(h5["frame"][:], h5["offset"][:], h5["n_target"][:])
+                total = h5["points"].shape[0]
+        except (OSError, KeyError) as exc:
+            raise ArtifactError(f"{p}: unreadable fused-cache file ({exc})") from None
+        if idx.offset.shape[0] != idx.frames.shape[0] + 1 or int(idx.offset[-1]) != total:
+            raise ArtifactError(f"{p}: inconsistent block offsets (corrupted file?)")
+        return idx
+
+    def _file(self, seq: str) -> h5py.File:
+        pid = os.getpid()
+        if self._pid != pid:
+            # A new process (DataLoader worker): never reuse handles inherited through fork.
+            self._handles = {}
+            self._pid = pid
+        h5 = self._handles.get(seq)
+        if h5 is None:
+            h5 = h5py.File(sequence_file(self.path, seq), "r", rdcc_nbytes=_RDCC_NBYTES)
+            self._handles[seq] = h5
+        return h5
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def locate(self, i: int) -> tuple[str, int]:
+        """(sequence, position within the sequence) of global scan index `i`."""
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"scan index {i} out of range for a cache of {n} scans")
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return self.sequences[k], i - int(self._starts[k])
+
+    def read_block(self, i: int) -> FusedBlock:
+        seq, j = self.locate(i)
+        idx = self._index[seq]
+        a, b = int(idx.offset[j]), int(idx.offset[j + 1])
+        h5 = self._file(seq)
+        return FusedBlock(
+            points=h5["points"][a:b],
+            label=h5["label"][a:b],
+            source=h5["source"][a:b],
+            n_target=int(idx.n_target[j]),
+            sequence=seq,
+            frame=int(idx.frames[j]),
+        )
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for h5 in self._handles.values():
+                h5.close()
+        self._handles = {}
+
+    def __enter__(self) -> "FusedCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        state["_pid"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+def open_fused_cache(path: str | Path) -> FusedCache:
+    """Open a fused cache; :class:`ArtifactError` if it is not one, of another format version,
+    or a listed sequence file is missing."""
+    return FusedCache(path)
+
+
+def sequence_attrs_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

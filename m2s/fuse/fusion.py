@@ -1,0 +1,303 @@
+"""The fusion algorithm: stream a sequence once and emit, per scan, its points plus the aligned
+points of its hard-class instances taken from neighbouring scans.
+
+Instance identity: an instance is keyed by its instance id (high 16 bits of the label word)
+among the *hard-class* points of the sequence, regardless of the semantic id. In SemanticKITTI
+instance ids are per sequence and one object keeps its id when its semantic id flips between the
+static and moving variants (``person`` <-> ``moving-person``), so keying by (semantic, instance)
+would miss exactly the moving frames. Points of non-hard classes are never considered, even when
+they share an instance id with a hard instance, and instance id 0 ("no instance") is never fused.
+
+Every `.bin`/`.label` is read once: a sliding window keeps only the hard-instance points of the
+neighbouring scans (plus, with ``future``, the full scans not yet emitted).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from m2s.data.semantickitti import Sequence
+from m2s.errors import ConfigError
+from m2s.fuse.align import icp_align
+from m2s.fuse.config import FuseConfig
+from m2s.labels import LabelManifest
+
+_N_RAW = 1 << 16  # semantic raw ids are 16-bit: lookup tables cover all of them
+
+
+@dataclass(frozen=True)
+class HardSpec:
+    """Lookup tables over all 16-bit semantic raw ids (vectorised membership tests)."""
+
+    class_names: list[str]  # hard train-class names; index = class index used in the stats
+    raw_ids: np.ndarray  # int64 raw ids of the hard classes (incl. moving-*)
+    hard_lut: np.ndarray  # bool (65536,)
+    moving_lut: np.ndarray  # bool (65536,): moving-* raw ids
+    class_lut: np.ndarray  # int64 (65536,): class index of hard raw ids, -1 otherwise
+
+    @classmethod
+    def from_manifest(cls, labels: LabelManifest, hard_classes: list[str] | None) -> "HardSpec":
+        names = list(labels.hard_classes) if hard_classes is None else list(hard_classes)
+        if not names:
+            raise ConfigError("no hard classes: the label manifest lists none and --hard-classes was not given")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"hard classes listed twice: {names}")
+        raw_ids = labels.raw_ids_of_train_classes(names)  # ConfigError on unknown names
+        names = sorted(names, key=labels.train_names.index)  # canonical order: by train id
+        hard_lut = np.zeros(_N_RAW, dtype=bool)
+        hard_lut[raw_ids] = True
+        moving_lut = np.zeros(_N_RAW, dtype=bool)
+        moving_lut[labels.moving_raw_ids] = True
+        class_lut = np.full(_N_RAW, -1, dtype=np.int64)
+        for raw in raw_ids:
+            class_lut[raw] = names.index(labels.train_names[labels.learning_map[int(raw)]])
+        return cls(names, raw_ids, hard_lut, moving_lut, class_lut)
+
+
+@dataclass
+class HardPoints:
+    """The hard-instance points of one scan, grouped by instance id (contiguous, ids ascending)."""
+
+    frame: int
+    xyz: np.ndarray  # float64 (M,3), own LiDAR frame
+    rem: np.ndarray  # float32 (M,)
+    word: np.ndarray  # uint32 (M,)
+    ids: np.ndarray  # uint32 (U,) instance ids, ascending
+    counts: np.ndarray  # int64 (U,)
+    centroid: np.ndarray  # float64 (U,3)
+    moving: np.ndarray  # bool (U,): any point carries a moving-* raw id
+    cls: np.ndarray  # int64 (U,): majority hard-class index
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate(([0], np.cumsum(self.counts)))
+
+
+def extract_hard(frame: int, points: np.ndarray, labels: np.ndarray, spec: HardSpec) -> HardPoints:
+    semantic = (labels & np.uint32(0xFFFF)).astype(np.intp)
+    inst = labels >> np.uint32(16)
+    idx = np.flatnonzero(spec.hard_lut[semantic] & (inst != 0))
+    order = idx[np.argsort(inst[idx], kind="stable")]  # stable: keep scan order within an instance
+    ids, counts = np.unique(inst[order], return_counts=True)
+    xyz = points[order, :3].astype(np.float64)
+    n = ids.shape[0]
+    seg = np.repeat(np.arange(n), counts)
+    centroid = np.empty((n, 3))
+    for k in range(3):
+        centroid[:, k] = np.bincount(seg, weights=xyz[:, k], minlength=n)
+    centroid /= np.maximum(counts, 1)[:, None]
+    sem = semantic[order]
+    moving = np.bincount(seg, weights=spec.moving_lut[sem], minlength=n) > 0
+    n_cls = len(spec.class_names)
+    votes = np.bincount(seg * n_cls + spec.class_lut[sem], minlength=n * n_cls).reshape(n, n_cls)
+    return HardPoints(
+        frame=frame,
+        xyz=xyz,
+        rem=points[order, 3].copy(),
+        word=labels[order].copy(),
+        ids=ids,
+        counts=counts.astype(np.int64),
+        centroid=centroid,
+        moving=moving,
+        cls=votes.argmax(axis=1) if n else np.zeros(0, dtype=np.int64),
+    )
+
+
+@dataclass
+class FusedScan:
+    """One emitted block: target rows first (exactly as read), then fused rows."""
+
+    frame: int
+    points: np.ndarray  # float32 (T,4)
+    label: np.ndarray  # uint32 (T,)
+    source: np.ndarray  # int32 (T,)
+    n_target: int
+
+
+@dataclass
+class SequenceStats:
+    """Per-class counters of one sequence (JSON-friendly via :meth:`to_dict`)."""
+
+    class_names: list[str]
+    instances: np.ndarray = field(init=False)  # (scan, instance) occurrences per class
+    single_points: np.ndarray = field(init=False)  # sum of points per instance in its own scan
+    fused_points: np.ndarray = field(init=False)  # the same after fusion
+    unique_ids: list[set[int]] = field(init=False)
+    aligned: dict[str, int] = field(default_factory=lambda: {"pose": 0, "centroid": 0, "icp": 0, "icp_fallback": 0})
+    scans: int = 0
+    rows: int = 0
+    fused_rows: int = 0
+
+    def __post_init__(self) -> None:
+        c = len(self.class_names)
+        self.instances = np.zeros(c, dtype=np.int64)
+        self.single_points = np.zeros(c, dtype=np.int64)
+        self.fused_points = np.zeros(c, dtype=np.int64)
+        self.unique_ids = [set() for _ in range(c)]
+
+    def to_dict(self) -> dict:
+        return {
+            "scans": self.scans,
+            "rows": self.rows,
+            "fused_rows": self.fused_rows,
+            "aligned": dict(self.aligned),
+            "classes": {
+                name: {
+                    "instances": int(self.instances[i]),
+                    "unique_instances": len(self.unique_ids[i]),
+                    "single_points": int(self.single_points[i]),
+                    "fused_points": int(self.fused_points[i]),
+                }
+                for i, name in enumerate(self.class_names)
+            },
+        }
+
+
+def _neighbours(frames_in_window: list[int], f: int, cfg: FuseConfig) -> list[int]:
+    lo, hi = f - cfg.window, (f + cfg.window if cfg.future else f)
+    return [g for g in frames_in_window if lo <= g <= hi and g != f]
+
+
+def fuse_target(
+    tgt: HardPoints,
+    sources: list[HardPoints],
+    rel_transforms: list[np.ndarray],
+    cfg: FuseConfig,
+    stats: SequenceStats | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Align the instances of `sources` that also appear in `tgt` into `tgt`'s LiDAR frame.
+
+    Returns (points float32 (K,4), label uint32 (K,), source int32 (K,), fused count per target
+    instance int64 (U,)). Rows are ordered by source scan (as given), then by instance id.
+    """
+    parts_xyz, parts_rem, parts_word, parts_src = [], [], [], []
+    fused_count = np.zeros(tgt.ids.shape[0], dtype=np.int64)
+    tgt_starts = tgt.starts
+    trees: dict[int, cKDTree] = {}  # per target instance, built on first ICP use
+
+    def target_pts(j: int) -> np.ndarray:
+        return tgt.xyz[tgt_starts[j] : tgt_starts[j + 1]]
+
+    for src, rel in zip(sources, rel_transforms):
+        common = np.isin(src.ids, tgt.ids)
+        if not common.any():
+            continue
+        counts = src.counts[common]
+        mask = np.repeat(common, src.counts)
+        xyz = src.xyz[mask]
+        tidx = np.searchsorted(tgt.ids, src.ids[common])
+        rot, trans = rel[:3, :3], rel[:3, 3]
+        xyz = xyz @ rot.T + trans
+        c_src = src.centroid[common] @ rot.T + trans
+        shift = tgt.centroid[tidx] - c_src
+        n = counts.shape[0]
+        if cfg.align == "pose":
+            use_centroid = np.zeros(n, dtype=bool)
+            use_icp = use_centroid
+        elif cfg.align == "centroid":
+            use_centroid = np.ones(n, dtype=bool)
+            use_icp = np.zeros(n, dtype=bool)
+        else:
+            if cfg.align == "icp":
+                use_icp = np.ones(n, dtype=bool)
+            else:  # auto: moving by label or by a displaced pose-aligned centroid
+                disp = np.linalg.norm(shift, axis=1)
+                use_icp = src.moving[common] | tgt.moving[tidx] | (disp > cfg.moving_threshold)
+            use_centroid = np.zeros(n, dtype=bool)
+        if use_centroid.any():
+            seg = np.repeat(np.arange(n), counts)
+            xyz += np.where(use_centroid[:, None], shift, 0.0)[seg]
+        n_icp = n_fallback = 0
+        if use_icp.any():
+            starts = np.concatenate(([0], np.cumsum(counts)))
+            for k in np.flatnonzero(use_icp):  # a loop over instances, not points
+                j = int(tidx[k])
+                block = xyz[starts[k] : starts[k + 1]]
+                dst = target_pts(j)
+                if block.shape[0] >= cfg.icp.min_points and dst.shape[0] >= cfg.icp.min_points and j not in trees:
+                    trees[j] = cKDTree(dst)
+                res = icp_align(block, dst, cfg.icp, trees.get(j))
+                xyz[starts[k] : starts[k + 1]] = block @ res.rotation.T + res.translation
+                n_icp += res.used_icp
+                n_fallback += not res.used_icp
+        if stats is not None:
+            stats.aligned["pose"] += int(n - use_centroid.sum() - use_icp.sum())
+            stats.aligned["centroid"] += int(use_centroid.sum())
+            stats.aligned["icp"] += n_icp
+            stats.aligned["icp_fallback"] += n_fallback
+        fused_count += np.bincount(tidx, weights=counts, minlength=fused_count.shape[0]).astype(np.int64)
+        parts_xyz.append(xyz.astype(np.float32))
+        parts_rem.append(src.rem[mask])
+        parts_word.append(src.word[mask])
+        parts_src.append(np.full(xyz.shape[0], src.frame, dtype=np.int32))
+    if not parts_xyz:
+        return (np.zeros((0, 4), np.float32), np.zeros(0, np.uint32), np.zeros(0, np.int32), fused_count)
+    pts = np.empty((sum(p.shape[0] for p in parts_xyz), 4), dtype=np.float32)
+    pts[:, :3] = np.concatenate(parts_xyz)
+    pts[:, 3] = np.concatenate(parts_rem)
+    return pts, np.concatenate(parts_word), np.concatenate(parts_src), fused_count
+
+
+def fuse_sequence(
+    seq: Sequence,
+    spec: HardSpec,
+    cfg: FuseConfig,
+    stats: SequenceStats | None = None,
+    on_scan: Callable[[int, int], None] | None = None,
+) -> Iterator[FusedScan]:
+    """Yield one :class:`FusedScan` per frame of `seq`, in frame order, reading each file once.
+
+    `on_scan(done, total)` is called after each emitted scan.
+    """
+    frames = seq.frames
+    poses = seq.poses  # validated: one LiDAR-frame pose per frame
+    window: deque[HardPoints] = deque()  # hard points of frames in [f - K, f + K], ascending
+    pending: deque[tuple[int, np.ndarray, np.ndarray]] = deque()  # full scans read, not yet emitted
+    total = len(frames)
+    r = 0
+    for i, f in enumerate(frames):
+        horizon = f + cfg.window if cfg.future else f
+        while r < total and (r <= i or frames[r] <= horizon):
+            g = frames[r]
+            points, labels = seq.read_scan_and_labels(g)
+            window.append(extract_hard(g, points, labels, spec))
+            pending.append((g, points, labels))
+            r += 1
+        while window and window[0].frame < f - cfg.window:
+            window.popleft()
+        g, points, labels = pending.popleft()
+        assert g == f  # frames are read in order
+        tgt = next(h for h in window if h.frame == f)
+        nb = _neighbours([h.frame for h in window], f, cfg)
+        sources = [h for h in window if h.frame in nb]
+        inv_f = np.linalg.inv(poses[f])
+        rels = [inv_f @ poses[h.frame] for h in sources]
+        fpts, flab, fsrc, fused_count = fuse_target(tgt, sources, rels, cfg, stats)
+        n_target = points.shape[0]
+        block = FusedScan(
+            frame=f,
+            points=np.concatenate([points, fpts]) if fpts.shape[0] else points,
+            label=np.concatenate([labels, flab]) if flab.shape[0] else labels,
+            source=np.concatenate([np.full(n_target, f, dtype=np.int32), fsrc]),
+            n_target=n_target,
+        )
+        if stats is not None:
+            stats.scans += 1
+            stats.rows += block.points.shape[0]
+            stats.fused_rows += fpts.shape[0]
+            n_cls = len(spec.class_names)
+            stats.instances += np.bincount(tgt.cls, minlength=n_cls)
+            stats.single_points += np.bincount(tgt.cls, weights=tgt.counts, minlength=n_cls).astype(np.int64)
+            stats.fused_points += np.bincount(
+                tgt.cls, weights=tgt.counts + fused_count, minlength=n_cls
+            ).astype(np.int64)
+            for c, iid in zip(tgt.cls.tolist(), tgt.ids.tolist()):
+                stats.unique_ids[c].add(iid)
+        yield block
+        if on_scan is not None:
+            on_scan(i + 1, total)

@@ -1,0 +1,96 @@
+"""The sparse-convolution interface the models are written against, and backend selection."""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+
+from m2s.errors import BackendUnavailable, ConfigError
+from m2s.sparse.tensor import SparseTensor
+
+BACKEND_NAMES = ("auto", "torch", "minkowski")
+
+
+class SparseBackend(abc.ABC):
+    """Sparse 3D convolutions on :class:`SparseTensor`.
+
+    Weights use ONE layout for every backend, so a state_dict moves freely between them:
+    ``(K, C_in, C_out)`` with kernel offsets in the canonical order of
+    :data:`m2s.sparse.tensor.OFFSETS_3` (K=27) or :data:`~m2s.sparse.tensor.OFFSETS_2` (K=8).
+    Convolutions are cross-correlations: ``out(u) = sum_d W[d] x(u + d * stride)``.
+    """
+
+    name: str
+
+    @abc.abstractmethod
+    def prepare(self, x: SparseTensor) -> tuple[SparseTensor, torch.Tensor | None]:
+        """Validate a stride-1 input and attach a fresh coordinate manager.
+
+        Returns the tensor to feed the network and ``order``: None when rows keep the input
+        order, else int64 indices with ``prepared.feats == x.feats[order]``.
+        """
+
+    @abc.abstractmethod
+    def subm_conv3(self, x: SparseTensor, weight: torch.Tensor) -> SparseTensor:
+        """Submanifold 3x3x3 convolution (output on the input coordinates); weight (27, Ci, Co)."""
+
+    @abc.abstractmethod
+    def down_conv2(self, x: SparseTensor, weight: torch.Tensor) -> SparseTensor:
+        """2x2x2 convolution with stride 2 onto the coarser grid; weight (8, Ci, Co)."""
+
+    @abc.abstractmethod
+    def up_conv2(self, x: SparseTensor, weight: torch.Tensor, target: SparseTensor) -> SparseTensor:
+        """Transposed 2x2x2 stride-2 convolution onto ``target``'s (finer) coordinates."""
+
+    def _check_same_manager(self, x: SparseTensor) -> None:
+        if x.manager is None or x.manager.backend_name != self.name:
+            raise ConfigError(
+                f"sparse tensor belongs to backend {x.backend_name!r}, not {self.name!r}; "
+                "pass it through backend.prepare() (or the model) first"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def minkowski_status() -> tuple[bool, str]:
+    """Whether MinkowskiEngine can be used here, and why not."""
+    from m2s.sparse import minkowski_backend
+
+    return minkowski_backend.availability()
+
+
+def available_backends() -> list[str]:
+    """Concrete backend names usable in this environment."""
+    names = ["torch"]
+    if minkowski_status()[0]:
+        names.append("minkowski")
+    return names
+
+
+def get_backend(name: str | SparseBackend = "auto") -> SparseBackend:
+    """Backend by name: ``"torch"``, ``"minkowski"`` or ``"auto"`` (MinkowskiEngine if usable,
+    else the pure-PyTorch backend). Passing a backend instance returns it unchanged."""
+    if isinstance(name, SparseBackend):
+        return name
+    if name not in BACKEND_NAMES:
+        raise ConfigError(f"unknown sparse backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    if name == "torch":
+        from m2s.sparse.torch_backend import TorchBackend
+
+        return TorchBackend()
+    ok, why = minkowski_status()
+    if name == "minkowski":
+        if not ok:
+            raise BackendUnavailable(
+                f"sparse backend 'minkowski' requested but MinkowskiEngine is unusable: {why}. "
+                "Install it with `make setup` (runs scripts/install_minkowski.sh) or use backend='torch'"
+            )
+    elif not ok:
+        from m2s.sparse.torch_backend import TorchBackend
+
+        return TorchBackend()
+    from m2s.sparse.minkowski_backend import MinkowskiBackend
+
+    return MinkowskiBackend()

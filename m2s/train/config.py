@@ -1,0 +1,133 @@
+"""Training configuration: one pydantic model, loaded from YAML, with CLI overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from m2s.errors import ConfigError
+from m2s.models import ModelConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VoxelConfig(_Strict):
+    """Voxel grid shared by teacher and student: an absolute grid, so views of one scan align."""
+
+    voxel_size: float = Field(0.05, gt=0)
+    # x_min, y_min, z_min, x_max, y_max, z_max in metres (LiDAR frame). Points outside are
+    # dropped for training, never clamped; evaluation still predicts them (see m2s.inference).
+    point_range: tuple[float, float, float, float, float, float] = (-51.2, -51.2, -4.0, 51.2, 51.2, 2.4)
+
+    @field_validator("point_range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not all(v[i] < v[i + 3] for i in range(3)):
+            raise ValueError("point_range must be (xmin, ymin, zmin, xmax, ymax, zmax) with min < max")
+        return v
+
+
+class AugmentConfig(_Strict):
+    enabled: bool = True
+    rotate_z: bool = True
+    flip_x: bool = True
+    flip_y: bool = True
+    scale: tuple[float, float] = (0.95, 1.05)
+    jitter_std: float = Field(0.01, ge=0)
+    jitter_clip: float = Field(0.05, ge=0)
+
+
+class LossConfig(_Strict):
+    ce_weight: float = Field(1.0, ge=0)
+    lovasz_weight: float = Field(1.0, ge=0)
+    # "frequency": inverse-sqrt class frequency measured on the training cache; "none": all 1;
+    # or an explicit list of 20 weights (index = train id).
+    class_weights: Literal["frequency", "none"] | list[float] = "frequency"
+    frequency_scans: int = Field(200, gt=0, description="scans sampled to measure class frequencies")
+    max_class_weight: float = Field(10.0, gt=0)
+    on: Literal["points", "voxels"] = "points"
+
+
+class OptimConfig(_Strict):
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["onecycle", "cosine", "constant"] = "cosine"
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    grad_clip: float | None = Field(10.0, gt=0)
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    batch_size: int = Field(2, gt=0)
+    accumulate: int = Field(1, gt=0)
+
+
+class DataConfig(_Strict):
+    num_workers: int = Field(2, ge=0)
+    max_scans: int | None = Field(None, gt=0, description="use only the first N training scans")
+    val_max_scans: int | None = Field(None, gt=0)
+    val_batch_size: int = Field(2, gt=0)
+
+
+class TrainConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    voxel: VoxelConfig = Field(default_factory=VoxelConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    epochs: int = Field(10, gt=0)
+    val_every: int = Field(1, gt=0)
+    seed: int = 0
+    backend: Literal["auto", "torch", "minkowski"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = Field(10, gt=0)
+    sync_bn: bool = False
+
+
+def _deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml_mapping(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return data
+
+
+def build_config(model_cls: type[BaseModel], path: str | Path | None, overrides: dict[str, Any]) -> Any:
+    """Load a YAML file into `model_cls`, then apply dotted-key CLI overrides (None = not given)."""
+    data = load_yaml_mapping(path)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node: dict[str, Any] = {}
+        cur = node
+        keys = dotted.split(".")
+        for k in keys[:-1]:
+            cur[k] = {}
+            cur = cur[k]
+        cur[keys[-1]] = value
+        data = _deep_update(data, node)
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}invalid config at {'.'.join(map(str, first['loc']))}: {first['msg']}") from None

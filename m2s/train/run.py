@@ -1,0 +1,196 @@
+"""A training run end to end: inputs checked, engine run, `model` artifact written.
+
+Shared by `m2s train-teacher` (the supervised module on fused blocks) and `m2s distill` (the
+distillation module on single scans). The artifact folder holds:
+
+    manifest.json                 kind "model": architecture, voxel config, label digest, inputs
+    weights/best.safetensors      the network's weights at the best validation mIoU
+    weights/last.safetensors      the network's weights after the last epoch
+    checkpoints/last.pt           full training state for --resume (tensors only, weights_only)
+    log.jsonl                     one JSON object per logged step and per epoch
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from m2s.artifacts import (
+    ArtifactInput,
+    Manifest,
+    as_input,
+    describe_files,
+    existing_artifact,
+    new_manifest,
+    write_manifest,
+)
+from m2s.errors import ConfigError, M2SError
+from m2s.fuse import FusedCache, open_fused_cache
+from m2s.inference import view_to_sparse, weights_file
+from m2s.io_utils import atomic_path
+from m2s.labels import LabelManifest
+from m2s.models import build_model
+from m2s.train.config import TrainConfig
+from m2s.train.dataset import Batch, ScanDataset, ViewName
+from m2s.train.engine import CHECKPOINT_DIR, LAST_CHECKPOINT, EventCallback, Trainer, TrainResult, setup_run, teardown_run
+from m2s.train.losses import SegmentationLoss, frequency_class_weights
+
+Role = Literal["teacher", "student", "baseline"]
+
+
+class SupervisedModule(torch.nn.Module):
+    """The network plus the task loss on one view (`fused` for the teacher)."""
+
+    def __init__(self, net: torch.nn.Module, loss: SegmentationLoss, view: ViewName) -> None:
+        super().__init__()
+        self.net = net
+        self.loss = loss
+        self.view = view
+
+    def forward(self, batch: Batch, progress: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        v = batch.views[self.view]
+        logits = self.net(view_to_sparse(v))
+        return task_loss(self.loss, logits, v)
+
+
+def task_loss(loss: SegmentationLoss, voxel_logits: torch.Tensor, view: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    if loss.cfg.on == "points":
+        return loss(voxel_logits[view.point_to_voxel], view.point_labels)
+    return loss(voxel_logits, view.voxel_labels)
+
+
+def open_caches(paths: list[Path], labels: LabelManifest, what: str) -> list[FusedCache]:
+    caches = [open_fused_cache(p) for p in paths]
+    digest = labels.digest()
+    for c in caches:
+        if c.label_digest != digest:
+            raise ConfigError(
+                f"{what} cache {c.path} was fused with a different label map (digest {c.label_digest[:12]}) "
+                f"than the one in use ({digest[:12]}); re-fuse it or pass the matching --labels"
+            )
+    return caches
+
+
+def save_weights(path: Path, net: torch.nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+
+
+def class_weights_for(cfg: TrainConfig, ds: ScanDataset, view: ViewName) -> tuple[np.ndarray | None, list[int] | None]:
+    spec = cfg.loss.class_weights
+    if spec == "none":
+        return None, None
+    if isinstance(spec, list):
+        if len(spec) != ds.labels.num_classes:
+            raise ConfigError(f"loss.class_weights has {len(spec)} values; expected {ds.labels.num_classes}")
+        return np.asarray(spec, dtype=np.float32), None
+    counts = ds.class_frequencies(view, cfg.loss.frequency_scans)
+    return frequency_class_weights(counts, cfg.loss.max_class_weight), counts.tolist()
+
+
+@dataclass
+class RunSpec:
+    """What a training run is: role, view trained on, inputs and the extra config it carries."""
+
+    role: Role
+    train_view: ViewName
+    eval_view: ViewName
+    dataset_views: tuple[ViewName, ...]
+    caches: list[Path]
+    val_caches: list[Path]
+    out: Path
+    extra_config: dict[str, Any]
+    extra_inputs: list[ArtifactInput]
+
+
+def run_training(
+    spec: RunSpec,
+    cfg: TrainConfig,
+    labels: LabelManifest,
+    make_module: Callable[[torch.nn.Module, SegmentationLoss, list[FusedCache]], torch.nn.Module],
+    *,
+    resume: bool = False,
+    on_event: EventCallback | None = None,
+) -> tuple[Manifest, TrainResult | None]:
+    """Train and write the `model` artifact; a finished identical run is a no-op."""
+    caches = open_caches(spec.caches, labels, "training")
+    val_caches = open_caches(spec.val_caches, labels, "validation") if spec.val_caches else []
+    hard_raw = sorted({int(x) for c in caches for x in c.hard_raw_ids})
+    config = {
+        "role": spec.role,
+        "input": spec.train_view,
+        "train": cfg.model_dump(mode="json"),
+        "model": cfg.model.model_dump(mode="json"),
+        "voxel": cfg.voxel.model_dump(mode="json"),
+        "label_digest": labels.digest(),
+        "class_names": labels.train_names,
+        "hard_raw_ids": hard_raw,
+        **spec.extra_config,
+    }
+    inputs = [as_input(c.path, c.manifest) for c in caches]
+    inputs += [ArtifactInput(kind="fused-cache", id=c.content_id, path=str(c.path)) for c in val_caches]
+    inputs += spec.extra_inputs
+    manifest = new_manifest("model", config, inputs)
+    out = spec.out
+    done = existing_artifact(out, "model", manifest.content_id)
+    if done is not None and not resume:
+        return done, None
+    ckpt = out / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if ckpt.exists() and not resume:
+        raise M2SError(f"{out} holds an unfinished run; continue it with --resume or choose a new --out")
+    if resume and not ckpt.exists():
+        raise M2SError(f"--resume: {out} has no checkpoint to resume from")
+    out.mkdir(parents=True, exist_ok=True)
+
+    ctx = setup_run(cfg.device)
+    try:
+        torch.manual_seed(cfg.seed)
+        train_ds = ScanDataset(
+            caches, labels, cfg.voxel, spec.dataset_views, augment=cfg.augment, seed=cfg.seed, max_scans=cfg.data.max_scans
+        )
+        val_ds = (
+            ScanDataset(val_caches, labels, cfg.voxel, (spec.eval_view,), max_scans=cfg.data.val_max_scans, keep_original=True)
+            if val_caches
+            else None
+        )
+        weights, counts = class_weights_for(cfg, train_ds, spec.train_view)
+        net = build_model(cfg.model, cfg.backend)
+        loss = SegmentationLoss(cfg.loss, weights)
+        module = make_module(net, loss, caches)
+        trainer = Trainer(cfg, module, train_ds, val_ds, out, labels, ctx, eval_view=spec.eval_view, on_event=on_event)
+
+        def on_best(epoch: int) -> None:
+            save_weights(out / weights_file("best"), trainer.net)
+
+        result = trainer.fit(resume=resume, on_best=on_best)
+        if ctx.is_main:
+            save_weights(out / weights_file("last"), trainer.net)
+            if not (out / weights_file("best")).exists():  # no validation set: best = last
+                save_weights(out / weights_file("best"), trainer.net)
+            files = [weights_file("best"), weights_file("last"), f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT}", "log.jsonl"]
+            manifest.files = describe_files(out, files)
+            manifest.metrics = {
+                "best_epoch": result.best_epoch,
+                "best_miou": result.best_miou,
+                "final_val": result.last_val,
+                "scans_per_second_median": result.scans_per_second,
+                "class_weights": None if weights is None else [float(w) for w in weights],
+                "class_point_counts": counts,
+                "epochs": [{k: v for k, v in h.items() if k != "event"} for h in result.history],
+            }
+            write_manifest(out, manifest)
+        return manifest, result
+    finally:
+        teardown_run(ctx)
+
+
+def teacher_module(net: torch.nn.Module, loss: SegmentationLoss, caches: list[FusedCache]) -> torch.nn.Module:
+    return SupervisedModule(net, loss, "fused")

@@ -66,17 +66,22 @@ def render_table(report: "EvaluationReport") -> Table:
     from m2s.evaluation import comparison_rows
 
     names = report.model_names()
-    table = Table(title="SemanticKITTI evaluation (IoU %, official definitions)", show_lines=False)
+    table = Table(
+        title="SemanticKITTI evaluation (IoU %, official definitions)",
+        caption=f"Δ: difference to {names[0]} (green better, red worse)" if len(names) > 1 else None,
+    )
     table.add_column("class / metric", style="bold")
     for i, n in enumerate(names):
         table.add_column(n, justify="right")
         if i:
-            table.add_column(f"Δ vs {names[0]}", justify="right")
+            table.add_column(f"Δ {n}", justify="right")
     rows = comparison_rows(report)
     for r in rows:
         if r.metric == "mIoU":
             table.add_section()
         label = f"[red]{r.metric}[/] [dim](hard)[/]" if r.hard and r.kind == "class" else r.metric
+        if r.no_ground_truth:
+            label += " [dim](no GT)[/]"
         cells = [label]
         for i, v in enumerate(r.values):
             cells.append(_fmt(v, r.unit))

@@ -40,12 +40,13 @@ def _check_coords(coords: Tensor, name: str) -> Tensor:
 
 
 def coord_bits_for(*coords: Tensor) -> int:
-    """Smallest per-axis bit width that holds every spatial coordinate of all `coords`."""
+    """Smallest per-axis bit width that holds every spatial coordinate of all `coords`, capped at
+    MAX_COORD_BITS (larger coordinates are then reported by :func:`pack_keys`)."""
     top = 0
     for c in coords:
         if c.numel():
             top = max(top, int(c[:, 1:].max()))
-    return max(1, top.bit_length())
+    return min(MAX_COORD_BITS, max(1, top.bit_length()))
 
 
 def pack_keys(coords: Tensor, coord_bits: int | None = None) -> Tensor:
@@ -90,7 +91,12 @@ def unpack_keys(keys: Tensor, coord_bits: int) -> Tensor:
     """Inverse of :func:`pack_keys` for the same `coord_bits`: (V,) int64 -> (V,4) int64."""
     mask = (1 << coord_bits) - 1
     return torch.stack(
-        [keys >> (3 * coord_bits), (keys >> (2 * coord_bits)) & mask, (keys >> coord_bits) & mask, keys & mask],
+        [
+            keys >> (3 * coord_bits),
+            (keys >> (2 * coord_bits)) & mask,
+            (keys >> coord_bits) & mask,
+            keys & mask,
+        ],
         dim=1,
     )
 
@@ -144,7 +150,8 @@ def hash_keys(keys: Tensor, salt: int = 0) -> Tensor:
     coordinates; a different `salt` gives a different (reproducible) selection.
     """
     k = keys.long()
-    h = _mix31((k & _M31) ^ (salt & _M31))
+    # The constant keeps key 0 from being a fixed point (mix31(0) == 0).
+    h = _mix31((k & _M31) ^ ((salt ^ 0x2545F491) & _M31))
     h = _mix31(h ^ ((k >> 31) & _M31))
     return _mix31(h ^ (k >> 62))
 

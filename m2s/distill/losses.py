@@ -279,8 +279,10 @@ def instance_affinity_kd(
             mean_t = torch.zeros(num_groups, t.shape[1], device=t.device).index_add_(0, gid, t) / denom
             cross_t = _cosine_matrix(mean_t)
         cls = groups[:, 2]
-        same = (cls.unsqueeze(1) == cls.unsqueeze(0)) & ~torch.eye(num_groups, dtype=torch.bool, device=s.device)
-        cross_err = torch.where(same, _pair_loss(_cosine_matrix(mean_s) - cross_t, loss), torch.zeros_like(cross_t))
+        not_self = ~torch.eye(num_groups, dtype=torch.bool, device=s.device)
+        same = (cls.unsqueeze(1) == cls.unsqueeze(0)) & not_self
+        cross_err = _pair_loss(_cosine_matrix(mean_s) - cross_t, loss)
+        cross_err = torch.where(same, cross_err, torch.zeros_like(cross_err))
         total = total + cross_err.sum() / same.sum().clamp_min(1)
     return total
 
@@ -301,7 +303,8 @@ class GraphAdapter(nn.Module):
         c = self.in_channels
         w_nb, w_ct = self.fc1.weight[:, :c], self.fc1.weight[:, c:]
         # fc1([n - x, x]) = W_nb n + (W_ct - W_nb) x: avoids materialising the (Q, k, 2C) concat.
-        h = F.linear(feats[neighbours], w_nb) + F.linear(feats[centres], w_ct - w_nb, self.fc1.bias).unsqueeze(1)
+        centre_term = F.linear(feats[centres], w_ct - w_nb, self.fc1.bias)
+        h = F.linear(feats[neighbours], w_nb) + centre_term.unsqueeze(1)
         h = self.fc2(F.relu(h))
         return h.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(dim=1)
 
@@ -349,7 +352,8 @@ class LocalGraphKD(nn.Module):
             raise ConfigError(f"score_temperature must be > 0, got {score_temperature}")
         if share_adapters and student_channels != teacher_channels:
             raise ConfigError(
-                f"share_adapters needs equal widths, got student {student_channels}, teacher {teacher_channels}"
+                f"share_adapters needs equal widths, got student {student_channels}, "
+                f"teacher {teacher_channels}"
             )
         self.student_channels = student_channels
         self.teacher_channels = teacher_channels
@@ -395,24 +399,33 @@ class LocalGraphKD(nn.Module):
 
     @torch.no_grad()
     def _knn(self, t: Tensor, batch: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
-        """(Q, k') neighbour rows in teacher feature space within each query's sample, and
-        their validity (k' = min(k, V); slots past a small sample's size are invalid)."""
-        v = t.shape[0]
-        k = min(self.k, v)
-        chunk = max(1, self.max_chunk_elements // v)
-        t = t.float()
-        idx_parts, dist_parts = [], []
-        for start in range(0, queries.numel(), chunk):  # loop over query chunks bounds memory
-            q = queries[start : start + chunk]
-            d = torch.cdist(t[q], t)
-            d.masked_fill_(batch[q].unsqueeze(1) != batch.unsqueeze(0), float("inf"))
-            dist, idx = d.topk(k, dim=1, largest=False, sorted=True)
-            idx_parts.append(idx)
-            dist_parts.append(dist)
-        idx = torch.cat(idx_parts)
-        valid = torch.isfinite(torch.cat(dist_parts))
+        """(Q, k') neighbour rows in teacher feature space within each query's sample, and their
+        validity; k' = min(k, largest sample), slots past a smaller sample's size are invalid.
+
+        Rows are in coordinate order, so each sample is one contiguous slice: a query is only
+        compared with its own sample's voxels. Loops run over samples (a handful) and query
+        chunks (memory bound), never over voxels.
+        """
+        sample_ids, counts = torch.unique_consecutive(batch, return_counts=True)
+        ends = torch.cumsum(counts, 0)
+        k_out = min(self.k, int(counts.max()))
+        slot = torch.searchsorted(sample_ids, batch[queries])
         # Invalid slots point at the centre itself; they are masked out before the max anyway.
-        idx = torch.where(valid, idx, queries.unsqueeze(1))
+        idx = queries.unsqueeze(1).repeat(1, k_out)
+        valid = torch.zeros(queries.numel(), k_out, dtype=torch.bool, device=t.device)
+        t = t.float()
+        for j, (hi, n) in enumerate(zip(ends.tolist(), counts.tolist())):
+            rows = (slot == j).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            lo, k = hi - n, min(self.k, n)
+            candidates = t[lo:hi]
+            chunk = max(1, self.max_chunk_elements // n)
+            for start in range(0, rows.numel(), chunk):
+                r = rows[start : start + chunk]
+                d = torch.cdist(t[queries[r]], candidates)
+                idx[r, :k] = d.topk(k, dim=1, largest=False, sorted=True).indices + lo
+                valid[r, :k] = True
         return idx, valid
 
     # -- forward -------------------------------------------------------------------------------

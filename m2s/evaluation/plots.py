@@ -57,6 +57,10 @@ def plot_class_iou(report: EvaluationReport, path: str | Path) -> Path:
         hard_miou = f"{100 * m.hard_miou:.1f}" if m.hard_miou is not None else "n/a"
         ax.bar(x - 0.4 + (k + 0.5) * width, vals, width, color=color, zorder=2,
                label=f"{m.name}  (mIoU {miou}, hard {hard_miou})")
+    if models:
+        for i, c in enumerate(classes):
+            if not any(m.present.get(c, True) for m in models):
+                ax.text(i, 1.5, "no GT", ha="center", va="bottom", fontsize=7, color="0.4", rotation=90)
     ax.set_xticks(x)
     ax.set_xticklabels(classes, rotation=45, ha="right")
     for tick, c in zip(ax.get_xticklabels(), classes):
@@ -130,13 +134,15 @@ def plot_iou_by_distance(report: EvaluationReport, path: str | Path) -> Path:
         ax.set_title(title)
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("IoU (%)")
+    axes[0].set_ylabel("IoU (%)  (n: labelled points per band)")
     if models:
         first = models[0]
         counts = [first.iou_by_distance[b].points if b in first.iou_by_distance else 0 for b in bands]
         for xi, cnt in zip(x, counts):
-            axes[0].annotate(f"{cnt:,} pts", (xi, 2), ha="center", fontsize=7, color="0.4")
-        axes[1].legend(loc="upper right", frameon=False)
+            axes[0].annotate(f"n={cnt:,}", (xi, 2), ha="center", fontsize=7, color="0.4")
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="lower center", ncol=min(len(models), 4), frameon=False,
+                   bbox_to_anchor=(0.5, -0.08))
     fig.suptitle("IoU by distance band")
     return _save(fig, Path(path))
 

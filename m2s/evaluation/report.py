@@ -10,7 +10,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -156,6 +156,7 @@ class TableRow(BaseModel):
     kind: Literal["class", "summary"]
     unit: Literal["%", "ms"]
     hard: bool = False
+    no_ground_truth: bool = False  # class absent from the ground truth: IoU 0 by the official rule
     higher_is_better: bool = True
     values: list[float | None]  # per model, in the report's model order
     deltas: list[float | None]  # value - first model's value; deltas[0] is always None
@@ -177,22 +178,26 @@ def comparison_rows(report: EvaluationReport) -> list[TableRow]:
     accuracy and speed; deltas are to the first model."""
     models = list(report.models.values())
     hard = set(report.hard_classes)
+    scored = [m for m in models if m.present]
+    # All models are scored on the same points, so any scored model tells which classes occur.
+    present = scored[0].present if scored else {}
 
-    def row(metric: str, kind: str, unit: str, vals: list[float | None], *, hard_row: bool = False,
-            higher: bool = True) -> TableRow:
+    def row(metric: str, kind: str, unit: str, vals: list[float | None], **extra: Any) -> TableRow:
         base = vals[0] if vals else None
         deltas = [None] + [None if (v is None or base is None) else v - base for v in vals[1:]]
-        return TableRow(metric=metric, kind=kind, unit=unit, hard=hard_row, higher_is_better=higher,  # type: ignore[arg-type]
-                        values=vals, deltas=deltas)
+        return TableRow(metric=metric, kind=kind, unit=unit, values=vals, deltas=deltas, **extra)  # type: ignore[arg-type]
 
     rows = [
-        row(c, "class", "%", [_pct(m.iou.get(c)) for m in models], hard_row=c in hard) for c in report.classes
+        row(c, "class", "%", [_pct(m.iou.get(c)) for m in models], hard=c in hard,
+            no_ground_truth=bool(present) and not present.get(c, False))
+        for c in report.classes
     ]
     rows.append(row("mIoU", "summary", "%", [_pct(m.miou) for m in models]))
     rows.append(row("mIoU (present classes)", "summary", "%", [_pct(m.miou_present) for m in models]))
-    rows.append(row("hard mIoU", "summary", "%", [_pct(m.hard_miou) for m in models], hard_row=True))
+    rows.append(row("hard mIoU", "summary", "%", [_pct(m.hard_miou) for m in models], hard=True))
     rows.append(row("accuracy", "summary", "%", [_pct(m.accuracy) for m in models]))
-    rows.append(row("ms / scan (median)", "summary", "ms", [m.ms_per_scan_median for m in models], higher=False))
+    rows.append(row("ms / scan (median)", "summary", "ms", [m.ms_per_scan_median for m in models],
+                    higher_is_better=False))
     return rows
 
 

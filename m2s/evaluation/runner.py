@@ -28,7 +28,13 @@ from m2s.artifacts import MANIFEST_NAME, ArtifactInput, Manifest, describe_files
 from m2s.data.semantickitti import Sequence, normalize_sequence_id, open_sequences
 from m2s.errors import ConfigError, DataError
 from m2s.evaluation.export import LabelExporter
-from m2s.evaluation.metrics import DEFAULT_DISTANCE_EDGES, BandedConfusion, ConfusionAccumulator, band_labels, horizontal_distance
+from m2s.evaluation.metrics import (
+    DEFAULT_DISTANCE_EDGES,
+    BandedConfusion,
+    ConfusionAccumulator,
+    band_labels,
+    horizontal_distance,
+)
 from m2s.evaluation.plots import safe_name, write_plots
 from m2s.evaluation.report import (
     METRICS_FILE,

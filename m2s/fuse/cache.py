@@ -111,35 +111,44 @@ def remove_stale_temporaries(out: str | Path, sequence: str) -> list[Path]:
 
 
 class _RowAppender:
-    """Append rows to a resizable dataset, writing whole chunks only (each chunk is written, and
-    compressed, exactly once); the remainder is flushed on close."""
+    """Append rows to a resizable chunked dataset, writing whole chunks only: each chunk is
+    written (and compressed) exactly once, and aligned runs of rows go straight from the caller's
+    array without a staging copy. The last partial chunk is written on close."""
 
     def __init__(self, ds: h5py.Dataset, chunk_rows: int) -> None:
-        self.ds, self.chunk_rows = ds, chunk_rows
-        self.parts: list[np.ndarray] = []
-        self.buffered = 0
+        self.ds, self.chunk = ds, chunk_rows
+        self.buf = np.empty((chunk_rows, *ds.shape[1:]), dtype=ds.dtype)
+        self.fill = 0
         self.written = 0
 
-    def append(self, rows: np.ndarray) -> None:
-        self.parts.append(rows)
-        self.buffered += rows.shape[0]
-        if self.buffered >= self.chunk_rows:
-            self._flush(final=False)
+    def _write(self, data: np.ndarray) -> None:
+        n = data.shape[0]
+        self.ds.resize(self.written + n, axis=0)
+        self.ds.write_direct(np.ascontiguousarray(data), dest_sel=np.s_[self.written : self.written + n])
+        self.written += n
 
-    def _flush(self, final: bool) -> None:
-        data = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
-        n = data.shape[0] if final else (data.shape[0] // self.chunk_rows) * self.chunk_rows
-        if n:
-            self.ds.resize(self.written + n, axis=0)
-            self.ds[self.written : self.written + n] = data[:n]
-            self.written += n
-        rest = data[n:]
-        self.parts = [rest] if rest.shape[0] else []
-        self.buffered = rest.shape[0]
+    def append(self, rows: np.ndarray | None = None, *, value: int = 0, count: int = 0) -> None:
+        """Append `rows`, or `count` copies of the scalar `value` (no temporary array)."""
+        n = rows.shape[0] if rows is not None else count
+        i = 0
+        while i < n:
+            if self.fill == 0 and rows is not None and n - i >= self.chunk:
+                whole = (n - i) // self.chunk * self.chunk
+                self._write(rows[i : i + whole])
+                i += whole
+                continue
+            take = min(n - i, self.chunk - self.fill)
+            self.buf[self.fill : self.fill + take] = rows[i : i + take] if rows is not None else value
+            self.fill += take
+            i += take
+            if self.fill == self.chunk:
+                self._write(self.buf)
+                self.fill = 0
 
     def close(self) -> None:
-        if self.parts:
-            self._flush(final=True)
+        if self.fill:
+            self._write(self.buf[: self.fill])
+            self.fill = 0
 
 
 @dataclass(frozen=True)
@@ -163,27 +172,30 @@ def write_sequence_file(
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as h5:
             c = storage.chunk_rows
-            pts = h5.create_dataset(
-                "points", shape=(0, 4), maxshape=(None, 4), dtype=np.float32, chunks=(c, 4),
-                **storage.filter_kwargs("points"),
-            )
-            lab = h5.create_dataset(
-                "label", shape=(0,), maxshape=(None,), dtype=np.uint32, chunks=(c,), **storage.filter_kwargs("aux")
-            )
-            src = h5.create_dataset(
-                "source", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(c,), **storage.filter_kwargs("aux")
-            )
-            appenders = [_RowAppender(pts, c), _RowAppender(lab, c), _RowAppender(src, c)]
+
+            def rows_dataset(name: str, shape: tuple[int, ...], dtype: Any, which: str) -> h5py.Dataset:
+                return h5.create_dataset(
+                    name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=(c, *shape),
+                    **storage.filter_kwargs(which),
+                )
+
+            pts = _RowAppender(rows_dataset("points", (4,), np.float32, "points"), c)
+            lab = _RowAppender(rows_dataset("label", (), np.uint32, "aux"), c)
+            src = _RowAppender(rows_dataset("source", (), np.int32, "aux"), c)
             frames: list[int] = []
             n_target: list[int] = []
             offsets = [0]
             for b in blocks:
-                for app, arr in zip(appenders, (b.points, b.label, b.source)):
-                    app.append(arr)
+                pts.append(b.target_points)
+                pts.append(b.fused_points)
+                lab.append(b.target_label)
+                lab.append(b.fused_label)
+                src.append(value=b.frame, count=b.n_target)
+                src.append(b.fused_source)
                 frames.append(b.frame)
                 n_target.append(b.n_target)
-                offsets.append(offsets[-1] + b.points.shape[0])
-            for app in appenders:
+                offsets.append(offsets[-1] + b.n_rows)
+            for app in (pts, lab, src):
                 app.close()
             h5.create_dataset("frame", data=np.asarray(frames, dtype=np.int32))
             h5.create_dataset("offset", data=np.asarray(offsets, dtype=np.int64))

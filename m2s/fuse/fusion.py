@@ -79,11 +79,15 @@ class HardPoints:
 
 
 def extract_hard(frame: int, points: np.ndarray, labels: np.ndarray, spec: HardSpec) -> HardPoints:
+    """Group the hard-class points with a non-zero instance id by instance (vectorised)."""
     semantic = (labels & np.uint32(0xFFFF)).astype(np.intp)
-    inst = labels >> np.uint32(16)
-    idx = np.flatnonzero(spec.hard_lut[semantic] & (inst != 0))
-    order = idx[np.argsort(inst[idx], kind="stable")]  # stable: keep scan order within an instance
-    ids, counts = np.unique(inst[order], return_counts=True)
+    idx = np.flatnonzero(spec.hard_lut[semantic])
+    inst = (labels[idx] >> np.uint32(16)).astype(np.uint16)  # 16-bit keys: numpy radix-sorts them
+    keep = inst != 0
+    idx, inst = idx[keep], inst[keep]
+    perm = np.argsort(inst, kind="stable")  # stable: keep scan order within an instance
+    order = idx[perm]
+    ids, counts = np.unique(inst[perm], return_counts=True)
     xyz = points[order, :3].astype(np.float64)
     n = ids.shape[0]
     seg = np.repeat(np.arange(n), counts)
@@ -98,9 +102,9 @@ def extract_hard(frame: int, points: np.ndarray, labels: np.ndarray, spec: HardS
     return HardPoints(
         frame=frame,
         xyz=xyz,
-        rem=points[order, 3].copy(),
-        word=labels[order].copy(),
-        ids=ids,
+        rem=points[order, 3],
+        word=labels[order],
+        ids=ids.astype(np.uint32),
         counts=counts.astype(np.int64),
         centroid=centroid,
         moving=moving,
@@ -110,13 +114,51 @@ def extract_hard(frame: int, points: np.ndarray, labels: np.ndarray, spec: HardS
 
 @dataclass
 class FusedScan:
-    """One emitted block: target rows first (exactly as read), then fused rows."""
+    """One emitted block: the target scan's rows exactly as read, then the fused rows.
+
+    Kept as two parts so the writer streams them without concatenating; `points`, `label` and
+    `source` give the whole block.
+    """
 
     frame: int
-    points: np.ndarray  # float32 (T,4)
-    label: np.ndarray  # uint32 (T,)
-    source: np.ndarray  # int32 (T,)
-    n_target: int
+    target_points: np.ndarray  # float32 (N,4), the .bin content
+    target_label: np.ndarray  # uint32 (N,), the .label content
+    fused_points: np.ndarray  # float32 (K,4)
+    fused_label: np.ndarray  # uint32 (K,)
+    fused_source: np.ndarray  # int32 (K,)
+
+    @property
+    def n_target(self) -> int:
+        return int(self.target_points.shape[0])
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_target + int(self.fused_points.shape[0])
+
+    @property
+    def target_source(self) -> np.ndarray:
+        return np.full(self.n_target, self.frame, dtype=np.int32)
+
+    @property
+    def points(self) -> np.ndarray:
+        return np.concatenate([self.target_points, self.fused_points])
+
+    @property
+    def label(self) -> np.ndarray:
+        return np.concatenate([self.target_label, self.fused_label])
+
+    @property
+    def source(self) -> np.ndarray:
+        return np.concatenate([self.target_source, self.fused_source])
+
+
+def _rigid_into(out: np.ndarray, xyz: np.ndarray, m: np.ndarray, extra: np.ndarray | None = None) -> None:
+    """out[:, k] = (R @ xyz_i + t)_k (+ extra[:, k]), column by column in float64: several times
+    faster than an (N,3) @ (3,3) matmul, which numpy does not hand to an efficient kernel."""
+    a, b, c = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    for k in range(3):
+        col = a * m[k, 0] + b * m[k, 1] + c * m[k, 2] + m[k, 3]
+        out[:, k] = col if extra is None else col + extra[:, k]
 
 
 @dataclass
@@ -172,57 +214,63 @@ def fuse_target(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Align the instances of `sources` that also appear in `tgt` into `tgt`'s LiDAR frame.
 
+    `rel_transforms[i]` maps LiDAR points of `sources[i]` into the target's LiDAR frame.
     Returns (points float32 (K,4), label uint32 (K,), source int32 (K,), fused count per target
     instance int64 (U,)). Rows are ordered by source scan (as given), then by instance id.
     """
-    parts_xyz, parts_rem, parts_word, parts_src = [], [], [], []
     fused_count = np.zeros(tgt.ids.shape[0], dtype=np.int64)
-    tgt_starts = tgt.starts
-    trees: dict[int, cKDTree] = {}  # per target instance, built on first ICP use
-
-    def target_pts(j: int) -> np.ndarray:
-        return tgt.xyz[tgt_starts[j] : tgt_starts[j + 1]]
-
+    # First pass: which instances of each source are in the target, and how many rows in all,
+    # so the output is allocated once.
+    plan = []
     for src, rel in zip(sources, rel_transforms):
         common = np.isin(src.ids, tgt.ids)
-        if not common.any():
-            continue
+        if common.any():
+            mask = None if common.all() else np.repeat(common, src.counts)
+            plan.append((src, rel, common, mask, int(src.counts[common].sum())))
+    total = sum(p[4] for p in plan)
+    out_pts = np.empty((total, 4), dtype=np.float32)
+    out_word = np.empty(total, dtype=np.uint32)
+    out_src = np.empty(total, dtype=np.int32)
+    tgt_starts = tgt.starts
+    trees: dict[int, cKDTree] = {}  # per target instance, built on first ICP use
+    a = 0
+    for src, rel, common, mask, n_rows in plan:
+        b = a + n_rows
         counts = src.counts[common]
-        mask = np.repeat(common, src.counts)
-        xyz = src.xyz[mask]
         tidx = np.searchsorted(tgt.ids, src.ids[common])
-        rot, trans = rel[:3, :3], rel[:3, 3]
-        xyz = xyz @ rot.T + trans
-        c_src = src.centroid[common] @ rot.T + trans
+        c_src = src.centroid[common] @ rel[:3, :3].T + rel[:3, 3]
         shift = tgt.centroid[tidx] - c_src
         n = counts.shape[0]
+        none = np.zeros(n, dtype=bool)
         if cfg.align == "pose":
-            use_centroid = np.zeros(n, dtype=bool)
-            use_icp = use_centroid
+            use_centroid, use_icp = none, none
         elif cfg.align == "centroid":
-            use_centroid = np.ones(n, dtype=bool)
-            use_icp = np.zeros(n, dtype=bool)
-        else:
-            if cfg.align == "icp":
-                use_icp = np.ones(n, dtype=bool)
-            else:  # auto: moving by label or by a displaced pose-aligned centroid
-                disp = np.linalg.norm(shift, axis=1)
-                use_icp = src.moving[common] | tgt.moving[tidx] | (disp > cfg.moving_threshold)
-            use_centroid = np.zeros(n, dtype=bool)
+            use_centroid, use_icp = ~none, none
+        elif cfg.align == "icp":
+            use_centroid, use_icp = none, ~none
+        else:  # auto: moving by label or by a displaced pose-aligned centroid
+            disp = np.linalg.norm(shift, axis=1)
+            use_centroid = none
+            use_icp = src.moving[common] | tgt.moving[tidx] | (disp > cfg.moving_threshold)
+        extra = None
         if use_centroid.any():
-            seg = np.repeat(np.arange(n), counts)
-            xyz += np.where(use_centroid[:, None], shift, 0.0)[seg]
+            extra = np.where(use_centroid[:, None], shift, 0.0)[np.repeat(np.arange(n), counts)]
+        _rigid_into(out_pts[a:b], src.xyz if mask is None else src.xyz[mask], rel, extra)
+        out_pts[a:b, 3] = src.rem if mask is None else src.rem[mask]
+        out_word[a:b] = src.word if mask is None else src.word[mask]
+        out_src[a:b] = src.frame
         n_icp = n_fallback = 0
         if use_icp.any():
-            starts = np.concatenate(([0], np.cumsum(counts)))
+            starts = a + np.concatenate(([0], np.cumsum(counts)))
             for k in np.flatnonzero(use_icp):  # a loop over instances, not points
                 j = int(tidx[k])
-                block = xyz[starts[k] : starts[k + 1]]
-                dst = target_pts(j)
+                rows = slice(int(starts[k]), int(starts[k + 1]))
+                block = out_pts[rows, :3].astype(np.float64)
+                dst = tgt.xyz[tgt_starts[j] : tgt_starts[j + 1]]
                 if block.shape[0] >= cfg.icp.min_points and dst.shape[0] >= cfg.icp.min_points and j not in trees:
                     trees[j] = cKDTree(dst)
                 res = icp_align(block, dst, cfg.icp, trees.get(j))
-                xyz[starts[k] : starts[k + 1]] = block @ res.rotation.T + res.translation
+                out_pts[rows, :3] = block @ res.rotation.T + res.translation
                 n_icp += res.used_icp
                 n_fallback += not res.used_icp
         if stats is not None:
@@ -231,16 +279,8 @@ def fuse_target(
             stats.aligned["icp"] += n_icp
             stats.aligned["icp_fallback"] += n_fallback
         fused_count += np.bincount(tidx, weights=counts, minlength=fused_count.shape[0]).astype(np.int64)
-        parts_xyz.append(xyz.astype(np.float32))
-        parts_rem.append(src.rem[mask])
-        parts_word.append(src.word[mask])
-        parts_src.append(np.full(xyz.shape[0], src.frame, dtype=np.int32))
-    if not parts_xyz:
-        return (np.zeros((0, 4), np.float32), np.zeros(0, np.uint32), np.zeros(0, np.int32), fused_count)
-    pts = np.empty((sum(p.shape[0] for p in parts_xyz), 4), dtype=np.float32)
-    pts[:, :3] = np.concatenate(parts_xyz)
-    pts[:, 3] = np.concatenate(parts_rem)
-    return pts, np.concatenate(parts_word), np.concatenate(parts_src), fused_count
+        a = b
+    return out_pts, out_word, out_src, fused_count
 
 
 def fuse_sequence(
@@ -278,17 +318,10 @@ def fuse_sequence(
         inv_f = np.linalg.inv(poses[f])
         rels = [inv_f @ poses[h.frame] for h in sources]
         fpts, flab, fsrc, fused_count = fuse_target(tgt, sources, rels, cfg, stats)
-        n_target = points.shape[0]
-        block = FusedScan(
-            frame=f,
-            points=np.concatenate([points, fpts]) if fpts.shape[0] else points,
-            label=np.concatenate([labels, flab]) if flab.shape[0] else labels,
-            source=np.concatenate([np.full(n_target, f, dtype=np.int32), fsrc]),
-            n_target=n_target,
-        )
+        block = FusedScan(f, points, labels, fpts, flab, fsrc)
         if stats is not None:
             stats.scans += 1
-            stats.rows += block.points.shape[0]
+            stats.rows += block.n_rows
             stats.fused_rows += fpts.shape[0]
             n_cls = len(spec.class_names)
             stats.instances += np.bincount(tgt.cls, minlength=n_cls)

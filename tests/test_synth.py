@@ -271,7 +271,8 @@ def test_render_scan_api() -> None:
 def test_cli_writes_layout_and_reruns_as_noop(tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "s"
-    args = ["synth", str(out), "--sequences", "00", "--test-sequences", "11", "--scans", "2", "--beams", "8", "--columns", "64"]
+    args = ["synth", str(out), "--sequences", "00", "--test-sequences", "11", "--scans", "2"]
+    args += ["--beams", "8", "--columns", "64"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert (out / "sequences/00/labels/000001.label").is_file()

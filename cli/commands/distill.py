@@ -1,10 +1,58 @@
-"""`m2s distill` (stage 3)."""
+"""`m2s distill` (stage 3): a single-scan student, distilled from the teacher or the baseline."""
 
 from __future__ import annotations
 
-from cli.common import not_implemented
+from pathlib import Path
+
+import typer
+
+from cli.common import handle_errors, out
+from cli.training_view import iou_table, training_progress
+from m2s.distill.run import run_distillation
+from m2s.distill.task import StudentConfig, baseline_distill_config
+from m2s.errors import ConfigError
+from m2s.labels import load_label_manifest
+from m2s.train.config import build_config
 
 
-def distill() -> None:
-    """Train a single-scan student, with or without distillation from a teacher."""
-    not_implemented("distill")
+@handle_errors
+def distill(
+    teacher: Path | None = typer.Option(None, "--teacher", help="Teacher `model` artifact (not needed with --kd none)."),
+    cache: list[Path] = typer.Option(..., "--cache", help="Fused cache(s) of the training sequences."),
+    val_cache: list[Path] = typer.Option([], "--val-cache", help="Fused cache(s) of the validation sequences."),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder (a `model` artifact)."),
+    config: Path | None = typer.Option(None, "--config", help="Student config YAML (training + `distill:` section)."),
+    kd: str = typer.Option("config", "--kd", help="'config': distillation terms from the config; 'none': baseline student."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
+    lr: float | None = typer.Option(None, "--lr"),
+    backend: str | None = typer.Option(None, "--backend", help="auto|torch|minkowski"),
+    device: str | None = typer.Option(None, "--device", help="auto|cpu|cuda"),
+    workers: int | None = typer.Option(None, "--workers", min=0),
+    max_scans: int | None = typer.Option(None, "--max-scans", min=1),
+    seed: int | None = typer.Option(None, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
+    labels: Path | None = typer.Option(None, "--labels", help="Label manifest YAML (default: shipped)."),
+) -> None:
+    """Train the single-scan student with distillation from the frozen teacher (or the baseline)."""
+    if kd not in ("config", "none"):
+        raise typer.BadParameter("--kd must be 'config' or 'none'")
+    cfg = build_config(StudentConfig, config, {
+        "epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "backend": backend,
+        "device": device, "data.num_workers": workers, "data.max_scans": max_scans, "seed": seed,
+    })
+    if kd == "none":
+        cfg = cfg.model_copy(update={"distill": baseline_distill_config()})
+    elif cfg.distill.is_baseline and teacher is not None:
+        raise ConfigError("every distillation weight in the config is 0 but --teacher was given; use --kd none")
+    role = "baseline" if cfg.distill.is_baseline else "student"
+    with training_progress(role) as on_event:
+        manifest, result = run_distillation(
+            cfg, load_label_manifest(labels), caches=cache, val_caches=val_cache, out=out_dir,
+            teacher=teacher, resume=resume, on_event=on_event,
+        )
+    if result is None:
+        out.print(f"[green]up to date:[/] {out_dir} already holds this {role} ({manifest.content_id})")
+        return
+    out.print(iou_table(f"{role} — validation (best epoch {result.best_epoch})", result.last_val))
+    out.print(f"model artifact {manifest.content_id} written to {out_dir}  ({result.scans_per_second:.2f} scans/s)")

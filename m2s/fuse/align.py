@@ -34,37 +34,40 @@ class IcpResult:
     used_icp: bool  # False: fell back to the centroid shift
 
 
-def mean_nn_distance(points: np.ndarray, tree: cKDTree) -> float:
-    d, _ = tree.query(points, k=1)
-    return float(d.mean()) if d.size else 0.0
+def _residual(dist: np.ndarray, cap: float) -> float:
+    """Mean nearest-neighbour distance, each capped at `cap` so outliers count but do not dominate."""
+    return float(np.minimum(dist, cap).mean()) if dist.size else 0.0
 
 
 def icp_align(src: np.ndarray, dst: np.ndarray, cfg: IcpConfig, dst_tree: cKDTree | None = None) -> IcpResult:
     """Centroid shift, then point-to-point ICP of `src` onto `dst`.
 
     The returned transform maps `src` (not the centroid-shifted copy) onto `dst`. The ICP result is
-    kept only if its mean residual is not worse than the centroid shift's, so `icp` is never worse
-    than `centroid` on the metric it optimises.
+    kept only if its (capped) mean residual is not worse than the centroid shift's, so `icp` is
+    never worse than `centroid` on the metric it optimises.
     """
     shift = dst.mean(axis=0) - src.mean(axis=0)
     eye = np.eye(3)
     if src.shape[0] < cfg.min_points or dst.shape[0] < cfg.min_points:
         return IcpResult(eye, shift, float("nan"), float("nan"), False)
     tree = dst_tree if dst_tree is not None else cKDTree(dst)
+    cap = cfg.max_correspondence
+    if src.shape[0] > cfg.max_points:
+        src = src[np.linspace(0, src.shape[0] - 1, cfg.max_points).astype(np.intp)]
     cur = src + shift
-    dist, idx = tree.query(cur, k=1)
-    base_residual = float(dist.mean())
+    # distance_upper_bound prunes the search; pairs farther than `cap` come back as inf.
+    dist, idx = tree.query(cur, k=1, distance_upper_bound=cap)
+    base_residual = residual = _residual(dist, cap)
     rot_total, t_total = eye, shift
-    residual = base_residual
     for _ in range(cfg.iterations):
-        keep = dist <= cfg.max_correspondence
+        keep = np.isfinite(dist)
         if int(keep.sum()) < cfg.min_points:
             break
         rot, t = kabsch(cur[keep], dst[idx[keep]])
         cur = cur @ rot.T + t
         rot_total, t_total = rot @ rot_total, rot @ t_total + t
-        dist, idx = tree.query(cur, k=1)
-        new_residual = float(dist.mean())
+        dist, idx = tree.query(cur, k=1, distance_upper_bound=cap)
+        new_residual = _residual(dist, cap)
         improved = residual - new_residual
         residual = new_residual
         if improved < cfg.tolerance:

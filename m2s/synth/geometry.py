@@ -55,14 +55,14 @@ class Prims:
         parts = [p for p in parts if len(p)]
         if not parts:
             return Prims.empty()
-        return Prims(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("kind", "center", "half", "yaw", "sem", "inst", "refl"))
-        )
+        fields = ("kind", "center", "half", "yaw", "sem", "inst", "refl")
+        return Prims(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
 
     def take(self, idx: np.ndarray) -> "Prims":
         return Prims(
-            self.kind[idx], self.center[idx], self.half[idx], self.yaw[idx], self.sem[idx], self.inst[idx], self.refl[idx]
-        )
+            self.kind[idx], self.center[idx], self.half[idx], self.yaw[idx],
+            self.sem[idx], self.inst[idx], self.refl[idx],
+        )  # fmt: skip
 
     def to_frame(self, position: np.ndarray, yaw: float) -> "Prims":
         """Express the primitives in a frame at `position` rotated by `yaw` about z."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from m2s.errors import ConfigError
 from m2s.synth.config import SynthConfig
 from m2s.synth.geometry import BOX, CYLINDER, ELLIPSOID, Prims
 
@@ -156,7 +157,10 @@ def _truck(rng: np.random.Generator) -> list[Part]:
 def _other_vehicle(rng: np.random.Generator) -> list[Part]:
     length = rng.uniform(5.0, 7.0)
     height = rng.uniform(2.3, 3.0)
-    return [(BOX, 0.0, 0.0, 0.3 + height / 2, length / 2, 1.15, height / 2), (BOX, 0.0, 0.0, 0.25, length / 2 - 0.6, 1.0, 0.2)]
+    return [
+        (BOX, 0.0, 0.0, 0.3 + height / 2, length / 2, 1.15, height / 2),
+        (BOX, 0.0, 0.0, 0.25, length / 2 - 0.6, 1.0, 0.2),
+    ]
 
 
 def template(kind: int, rng: np.random.Generator) -> tuple[list[Part], float]:
@@ -209,7 +213,18 @@ class _Builder:
     refl: list[float] = field(default_factory=list)
     actor: list[int] = field(default_factory=list)
 
-    def add(self, parts: list[Part], X: float, Y: float, Z0: float, heading: float, sem: int, inst: int, refl: float, actor: int = -1) -> None:
+    def add(
+        self,
+        parts: list[Part],
+        X: float,
+        Y: float,
+        Z0: float,
+        heading: float,
+        sem: int,
+        inst: int,
+        refl: float,
+        actor: int = -1,
+    ) -> None:
         c, s = np.cos(heading), np.sin(heading)
         for kind, px, py, pz, a, b, hc in parts:
             self.kind.append(kind)
@@ -255,8 +270,11 @@ class Actors:
         a = self.actor
         c, s = np.cos(heading)[a], np.sin(heading)[a]
         p = self.parts.center
-        center = np.stack([X[a] + c * p[:, 0] - s * p[:, 1], Y[a] + s * p[:, 0] + c * p[:, 1], self.base_z[a] + p[:, 2]], axis=1)
-        return Prims(self.parts.kind, center, self.parts.half, self.parts.yaw + heading[a], self.parts.sem, self.parts.inst, self.parts.refl)
+        center = np.stack(
+            [X[a] + c * p[:, 0] - s * p[:, 1], Y[a] + s * p[:, 0] + c * p[:, 1], self.base_z[a] + p[:, 2]], axis=1
+        )
+        q = self.parts
+        return Prims(q.kind, center, q.half, q.yaw + heading[a], q.sem, q.inst, q.refl)
 
 
 @dataclass(frozen=True)
@@ -326,6 +344,11 @@ def _walk(rng: np.random.Generator, x_lo: float, x_hi: float, gap: tuple[float, 
 
 
 def _scenery(b: _Builder, rng: np.random.Generator, street: Street, x_lo: float, x_hi: float) -> None:
+    def put(parts: list[Part], x: float, d: float, sem: int, refl: float) -> None:
+        # scenery stands beyond the curb, aligned with the street
+        X, Y, hd = street.place(x, d)
+        b.add(parts, float(X), float(Y), CURB, float(hd), sem, 0, float(refl))
+
     for side in (-1.0, 1.0):
         # buildings, with fences or hedges in the gaps
         x = x_lo + rng.uniform(0, 10)
@@ -334,50 +357,47 @@ def _scenery(b: _Builder, rng: np.random.Generator, street: Street, x_lo: float,
             depth = rng.uniform(8.0, 16.0)
             height = rng.uniform(5.0, 18.0)
             front = rng.uniform(16.0, 19.0)
-            xc = x + length / 2
-            X, Y, hd = street.place(xc, side * (front + depth / 2))
+            xc, dc = x + length / 2, side * (front + depth / 2)
             refl = rng.uniform(0.15, 0.45)
-            b.add([(BOX, 0.0, 0.0, height / 2, length / 2, depth / 2, height / 2)], X, Y, CURB, float(hd), BUILDING, 0, refl)
+            put([(BOX, 0.0, 0.0, height / 2, length / 2, depth / 2, height / 2)], xc, dc, BUILDING, refl)
             if height > 9 and rng.random() < 0.4:  # setback storey
                 h2 = rng.uniform(2.5, 5.0)
-                b.add([(BOX, 0.0, side * 1.5, height + h2 / 2, length / 2 - 1.5, depth / 2 - 1.5, h2 / 2)], X, Y, CURB, float(hd), BUILDING, 0, refl)
+                top = (BOX, 0.0, side * 1.5, height + h2 / 2, length / 2 - 1.5, depth / 2 - 1.5, h2 / 2)
+                put([top], xc, dc, BUILDING, refl)
             x += length
             gap = rng.uniform(3.0, 14.0)
             gx = x + gap / 2
-            X, Y, hd = street.place(gx, side * 16.2)
             u = rng.random()
             if u < 0.55:
                 fh = rng.uniform(1.0, 2.0)
-                b.add([(BOX, 0.0, 0.0, fh / 2, gap / 2, 0.03, fh / 2)], X, Y, CURB, float(hd), FENCE, 0, rng.uniform(0.2, 0.5))
+                put([(BOX, 0.0, 0.0, fh / 2, gap / 2, 0.03, fh / 2)], gx, side * 16.2, FENCE, rng.uniform(0.2, 0.5))
             elif u < 0.85:
                 hh = rng.uniform(0.8, 1.8)
-                b.add([(BOX, 0.0, 0.0, hh / 2, gap / 2 - 0.3, 0.5, hh / 2)], X, Y, CURB, float(hd), VEGETATION, 0, 0.45)
+                put([(BOX, 0.0, 0.0, hh / 2, gap / 2 - 0.3, 0.5, hh / 2)], gx, side * 16.2, VEGETATION, 0.45)
             x += gap
         # terrain strip: trees, street lamps, traffic signs, bushes
         for xs in _walk(rng, x_lo, x_hi, (6.0, 13.0)):
             u = rng.random()
             if u < 0.5:
-                X, Y, hd = street.place(xs, side * rng.uniform(13.6, 14.4))
+                d = side * rng.uniform(13.6, 14.4)
                 ht, rt = rng.uniform(1.8, 3.5), rng.uniform(0.12, 0.25)
                 rh, rz = rng.uniform(1.4, 2.8), rng.uniform(1.3, 2.6)
-                b.add([(CYLINDER, 0.0, 0.0, ht / 2 + 0.3, rt, rt, ht / 2 + 0.3)], X, Y, CURB, float(hd), TRUNK, 0, rng.uniform(0.25, 0.4))
-                b.add([(ELLIPSOID, 0.0, 0.0, ht + rz * 0.7, rh, rh, rz)], X, Y, CURB, float(hd), VEGETATION, 0, rng.uniform(0.35, 0.55))
+                # the trunk reaches into the crown so no gap shows between them
+                put([(CYLINDER, 0.0, 0.0, ht / 2 + 0.3, rt, rt, ht / 2 + 0.3)], xs, d, TRUNK, rng.uniform(0.25, 0.4))
+                put([(ELLIPSOID, 0.0, 0.0, ht + rz * 0.7, rh, rh, rz)], xs, d, VEGETATION, rng.uniform(0.35, 0.55))
             elif u < 0.72:
-                X, Y, hd = street.place(xs, side * 12.9)
                 hp = rng.uniform(6.0, 9.0)
-                b.add([(CYLINDER, 0.0, 0.0, hp / 2, 0.1, 0.1, hp / 2)], X, Y, CURB, float(hd), POLE, 0, 0.35)
+                put([(CYLINDER, 0.0, 0.0, hp / 2, 0.1, 0.1, hp / 2)], xs, side * 12.9, POLE, 0.35)
                 # lamp arm reaching over the road
-                b.add([(BOX, 0.0, -side * 0.9, hp - 0.1, 0.05, 0.9, 0.05)], X, Y, CURB, float(hd), POLE, 0, 0.35)
+                put([(BOX, 0.0, -side * 0.9, hp - 0.1, 0.05, 0.9, 0.05)], xs, side * 12.9, POLE, 0.35)
             elif u < 0.88:
-                X, Y, hd = street.place(xs, side * 12.8)
                 hp = rng.uniform(2.3, 3.0)
-                b.add([(CYLINDER, 0.0, 0.0, hp / 2, 0.045, 0.045, hp / 2)], X, Y, CURB, float(hd), POLE, 0, 0.35)
+                put([(CYLINDER, 0.0, 0.0, hp / 2, 0.045, 0.045, hp / 2)], xs, side * 12.8, POLE, 0.35)
                 # the plate faces the traffic: thin along the street
-                b.add([(BOX, 0.0, 0.0, hp + 0.3, 0.02, 0.33, 0.33)], X, Y, CURB, float(hd), TRAFFIC_SIGN, 0, 0.9)
+                put([(BOX, 0.0, 0.0, hp + 0.3, 0.02, 0.33, 0.33)], xs, side * 12.8, TRAFFIC_SIGN, 0.9)
             else:
-                X, Y, hd = street.place(xs, side * 14.0)
                 rb = rng.uniform(0.5, 1.1)
-                b.add([(ELLIPSOID, 0.0, 0.0, rb * 0.6, rb, rb, rb * 0.8)], X, Y, CURB, float(hd), VEGETATION, 0, 0.45)
+                put([(ELLIPSOID, 0.0, 0.0, rb * 0.6, rb, rb, rb * 0.8)], xs, side * 14.0, VEGETATION, 0.45)
 
 
 # ---- things -------------------------------------------------------------------------------
@@ -484,7 +504,8 @@ def _things(
                 else:
                     X, Y, hd = street.place(x, lane.d)
                     # parked two-wheelers stand at an angle, some vehicles face the other way
-                    turn = rng.choice([0.0, np.pi]) + (rng.uniform(-0.4, 0.4) if kind in (BICYCLE, MOTORCYCLE) else rng.uniform(-0.05, 0.05))
+                    skew = 0.4 if kind in (BICYCLE, MOTORCYCLE) else 0.05
+                    turn = rng.choice([0.0, np.pi]) + rng.uniform(-skew, skew)
                     static.add(parts, float(X), float(Y), lane.z, float(hd) + float(turn), sem, inst, refl)
     actors = Actors(
         parts=dyn.build(),
@@ -501,7 +522,9 @@ def _things(
 def build_world(cfg: SynthConfig, sequence: str) -> World:
     """Deterministic world of one sequence (depends only on `cfg` and the sequence id)."""
     rng = sequence_rng(cfg.seed, sequence, 0)
-    street = Street(amplitude=rng.uniform(6.0, 20.0), wavelength=rng.uniform(500.0, 900.0), phase=rng.uniform(0, 2 * np.pi))
+    street = Street(
+        amplitude=rng.uniform(6.0, 20.0), wavelength=rng.uniform(500.0, 900.0), phase=rng.uniform(0, 2 * np.pi)
+    )
     n = cfg.scans
     times = np.arange(n, dtype=np.float64) / cfg.rate_hz
     # ego speed varies smoothly around v0 (acceleration / braking)
@@ -520,7 +543,13 @@ def build_world(cfg: SynthConfig, sequence: str) -> World:
     scenery = _Builder()
     _scenery(scenery, rng, street, x_lo, x_hi)
     mid = n // 2
-    things, actors, instance_class = _things(rng, street, x_lo, x_hi, float(x_ego[mid]), float(times[mid]), float(times[-1]))
+    things, actors, instance_class = _things(
+        rng, street, x_lo, x_hi, float(x_ego[mid]), float(times[mid]), float(times[-1])
+    )
+    if len(instance_class) > 0xFFFF:
+        raise ConfigError(
+            f"sequence {sequence}: {len(instance_class)} instances do not fit the 16-bit instance id; use fewer scans"
+        )
     return World(
         sequence=sequence,
         street=street,

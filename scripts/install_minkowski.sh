@@ -89,7 +89,7 @@ install_wheel() {
     "$PY" -m pip install --no-deps --force-reinstall "$1" >>"$LOG" 2>&1
 }
 
-WHEEL="$(ls "$WHEEL_DIR"/MinkowskiEngine-*.whl 2>/dev/null | head -n1 || true)"
+WHEEL="$(ls "$WHEEL_DIR"/[Mm]inkowski[Ee]ngine-*.whl 2>/dev/null | head -n1 || true)"
 if [ "${M2S_ME_FORCE:-0}" != "1" ] && [ -n "$WHEEL" ]; then
     say "using cached wheel $WHEEL"
     if install_wheel "$WHEEL" && me_works; then
@@ -151,7 +151,7 @@ fi
     "$PY" setup.py bdist_wheel --cpu_only --blas=openblas
 ) >>"$LOG" 2>&1 || warn_and_exit "the MinkowskiEngine build failed (see the log)"
 
-BUILT="$(ls "$SRC"/dist/MinkowskiEngine-*.whl 2>/dev/null | head -n1 || true)"
+BUILT="$(ls "$SRC"/dist/[Mm]inkowski[Ee]ngine-*.whl 2>/dev/null | head -n1 || true)"
 [ -n "$BUILT" ] || warn_and_exit "the build produced no wheel"
 cp "$BUILT" "$WHEEL_DIR/" || warn_and_exit "cannot write to $WHEEL_DIR"
 WHEEL="$WHEEL_DIR/$(basename "$BUILT")"

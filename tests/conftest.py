@@ -14,3 +14,41 @@ ROOT = Path(__file__).resolve().parents[1]
 def _repo_root_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     os.environ.pop("M2S_DEBUG", None)
+
+
+# ---- a tiny synthetic dataset, fused once per test session ------------------------------------
+TINY_SYNTH = dict(sequences=["00", "08"], test_sequences=[], scans=10, beams=16, columns=256, seed=3)
+TINY_TRAIN_CONFIG = """
+model: {size: 14, width: 0.25}
+voxel: {voxel_size: 0.25}
+data: {num_workers: 0, val_batch_size: 4}
+optim: {batch_size: 2, lr: 0.01, warmup_fraction: 0.0}
+loss: {frequency_scans: 10}
+augment: {enabled: true}
+log_every: 1
+"""
+
+
+class TinyData:
+    def __init__(self, root: Path, train_cache: Path, val_cache: Path, config: Path) -> None:
+        self.root = root
+        self.train_cache = train_cache
+        self.val_cache = val_cache
+        self.config = config
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
+    from m2s.fuse import FuseConfig, fuse_dataset
+    from m2s.labels import load_label_manifest
+    from m2s.synth import SynthConfig, generate_dataset
+
+    base = tmp_path_factory.mktemp("tiny")
+    root = base / "data"
+    generate_dataset(root, SynthConfig(**TINY_SYNTH))
+    labels = load_label_manifest(ROOT / "data_manifests" / "semantic-kitti.yaml")
+    fuse_dataset(root, base / "fused-train", ["00"], FuseConfig(), labels)
+    fuse_dataset(root, base / "fused-val", ["08"], FuseConfig(), labels)
+    cfg = base / "train.yaml"
+    cfg.write_text(TINY_TRAIN_CONFIG)
+    return TinyData(root, base / "fused-train", base / "fused-val", cfg)

@@ -301,8 +301,9 @@ def _execute(tasks: list[_Task], workers: int, on_progress: ProgressFn | None) -
         return []
     if workers == 1 or len(tasks) == 1:
         return [_run_task(t, on_progress) for t in tasks]
-    # spawn: no inherited HDF5 state or threads in the workers.
-    ctx = mp.get_context("spawn")
+    # fork where available: the parent holds no open HDF5 file here, and a spawned worker would
+    # re-import the caller's main module (the CLI imports torch: seconds per worker).
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     results: list[_Done] = []
     with ctx.Manager() as manager:
         q = manager.Queue()

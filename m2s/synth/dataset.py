@@ -235,7 +235,10 @@ def generate_dataset(
         # small chunks keep all workers busy and the progress bar moving
         chunk = max(1, min(25, math.ceil(total / (workers * 4))))
         tasks = [(seq, a, min(a + chunk, cfg.scans)) for seq in cfg.all_sequences for a in range(0, cfg.scans, chunk)]
-        ctx = multiprocessing.get_context("spawn")  # safe whatever the parent imported (torch threads)
+        # fork: a spawned worker would re-import the caller's main module (the CLI imports torch,
+        # seconds per worker); the workers only run numpy, so inheriting the parent is safe
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         cfg_json = cfg.model_dump_json()
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
             pending: set[Future[SequenceStats]] = {

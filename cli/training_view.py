@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cli.common import out
-from m2s.train.engine import EventCallback
+if TYPE_CHECKING:  # the engine imports torch; keep `m2s --help` fast
+    from m2s.train.engine import EventCallback
 
 
 @contextmanager

@@ -105,7 +105,7 @@ say "log: $LOG"
 START=$(date +%s)
 
 # BLAS headers: ME's CPU kernels call cblas. Only touch apt when the header is missing.
-if ! ls /usr/include/cblas.h /usr/include/*/cblas.h /usr/include/*/*/cblas.h >/dev/null 2>&1; then
+if [ -z "$(find /usr/include /usr/local/include -name cblas.h -print -quit 2>/dev/null)" ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
         say "installing libopenblas-dev with apt-get"
         { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y libopenblas-dev; } >>"$LOG" 2>&1 \

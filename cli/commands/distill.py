@@ -8,11 +8,7 @@ import typer
 
 from cli.common import handle_errors, out
 from cli.training_view import iou_table, training_progress
-from m2s.distill.run import run_distillation
-from m2s.distill.task import StudentConfig, baseline_distill_config
 from m2s.errors import ConfigError
-from m2s.labels import load_label_manifest
-from m2s.train.config import build_config
 
 
 @handle_errors
@@ -35,6 +31,11 @@ def distill(
     labels: Path | None = typer.Option(None, "--labels", help="Label manifest YAML (default: shipped)."),
 ) -> None:
     """Train the single-scan student with distillation from the frozen teacher (or the baseline)."""
+    from m2s.distill.run import run_distillation
+    from m2s.distill.task import StudentConfig, baseline_distill_config
+    from m2s.labels import load_label_manifest
+    from m2s.train.config import build_config
+
     if kd not in ("config", "none"):
         raise typer.BadParameter("--kd must be 'config' or 'none'")
     cfg = build_config(StudentConfig, config, {

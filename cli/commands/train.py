@@ -8,9 +8,6 @@ import typer
 
 from cli.common import handle_errors, out
 from cli.training_view import iou_table, training_progress
-from m2s.labels import load_label_manifest
-from m2s.train.config import TrainConfig, build_config
-from m2s.train.run import RunSpec, run_training, teacher_module
 
 
 @handle_errors
@@ -31,6 +28,10 @@ def train_teacher(
     labels: Path | None = typer.Option(None, "--labels", help="Label manifest YAML (default: shipped)."),
 ) -> None:
     """Train the teacher on the fused blocks (all rows of each scan's block)."""
+    from m2s.labels import load_label_manifest
+    from m2s.train.config import TrainConfig, build_config
+    from m2s.train.run import RunSpec, run_training, teacher_module
+
     cfg = build_config(TrainConfig, config, {
         "epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "backend": backend,
         "device": device, "data.num_workers": workers, "data.max_scans": max_scans, "seed": seed,

@@ -152,13 +152,20 @@ class FusedScan:
         return np.concatenate([self.target_source, self.fused_source])
 
 
-def _rigid_into(out: np.ndarray, xyz: np.ndarray, m: np.ndarray, extra: np.ndarray | None = None) -> None:
-    """out[:, k] = (R @ xyz_i + t)_k (+ extra[:, k]), column by column in float64: several times
-    faster than an (N,3) @ (3,3) matmul, which numpy does not hand to an efficient kernel."""
+def _rigid_into(
+    out: np.ndarray, xyz: np.ndarray, m: np.ndarray, shift: np.ndarray | None = None, counts: np.ndarray | None = None
+) -> None:
+    """out[:, k] = (R @ xyz_i + t)_k, plus a per-instance `shift` (U,3) over runs of `counts`.
+
+    Column by column in float64: several times faster than an (N,3) @ (3,3) matmul, which
+    numpy does not hand to an efficient kernel.
+    """
     a, b, c = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     for k in range(3):
         col = a * m[k, 0] + b * m[k, 1] + c * m[k, 2] + m[k, 3]
-        out[:, k] = col if extra is None else col + extra[:, k]
+        if shift is not None:
+            col += np.repeat(shift[:, k], counts)
+        out[:, k] = col
 
 
 @dataclass
@@ -252,10 +259,8 @@ def fuse_target(
             disp = np.linalg.norm(shift, axis=1)
             use_centroid = none
             use_icp = src.moving[common] | tgt.moving[tidx] | (disp > cfg.moving_threshold)
-        extra = None
-        if use_centroid.any():
-            extra = np.where(use_centroid[:, None], shift, 0.0)[np.repeat(np.arange(n), counts)]
-        _rigid_into(out_pts[a:b], src.xyz if mask is None else src.xyz[mask], rel, extra)
+        inst_shift = np.where(use_centroid[:, None], shift, 0.0) if use_centroid.any() else None
+        _rigid_into(out_pts[a:b], src.xyz if mask is None else src.xyz[mask], rel, inst_shift, counts)
         out_pts[a:b, 3] = src.rem if mask is None else src.rem[mask]
         out_word[a:b] = src.word if mask is None else src.word[mask]
         out_src[a:b] = src.frame

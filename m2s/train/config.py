@@ -50,7 +50,8 @@ class LossConfig(_Strict):
     class_weights: Literal["frequency", "none"] | list[float] = "frequency"
     frequency_scans: int = Field(200, gt=0, description="scans sampled to measure class frequencies")
     max_class_weight: float = Field(10.0, gt=0)
-    on: Literal["points", "voxels"] = "points"
+    # where the task loss is computed ("on" would be parsed as a boolean by YAML 1.1)
+    level: Literal["points", "voxels"] = "points"
 
 
 class OptimConfig(_Strict):

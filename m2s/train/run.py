@@ -59,7 +59,7 @@ class SupervisedModule(torch.nn.Module):
 
 
 def task_loss(loss: SegmentationLoss, voxel_logits: torch.Tensor, view: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    if loss.cfg.on == "points":
+    if loss.cfg.level == "points":
         return loss(voxel_logits[view.point_to_voxel], view.point_labels)
     return loss(voxel_logits, view.voxel_labels)
 

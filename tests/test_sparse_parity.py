@@ -33,7 +33,8 @@ def tb() -> SparseBackend:
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Norm-wise relative error (robust to entries near zero)."""
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def aligned(t: SparseTensor, ref: SparseTensor) -> torch.Tensor:
@@ -99,7 +100,7 @@ def _op_parity(me: SparseBackend, tb: SparseBackend, x: SparseTensor, op: str, s
         gy = torch.randn(y.feats.shape, generator=torch.Generator().manual_seed(seed + 1))
         outs[name] = y
         if name == "minkowski":
-            gy = aligned(SparseTensor(outs["torch"].coords, gy), y)  # same upstream gradient per voxel
+            gy = aligned(SparseTensor(outs["torch"].coords, gy, outs["torch"].stride), y)  # same upstream gradient per voxel
             (y.feats * gy).sum().backward()
         else:
             (y.feats * gy).sum().backward()
@@ -125,29 +126,57 @@ def test_op_parity_negative_coordinates_and_batches(me: SparseBackend, tb: Spars
         _op_parity(me, tb, x, op, seed=11)
 
 
-def test_minkunet_parity_forward_features_and_gradients(me: SparseBackend, tb: SparseBackend) -> None:
+@pytest.fixture(scope="module")
+def model_runs(me: SparseBackend, tb: SparseBackend) -> dict[str, tuple]:
+    """One train-mode forward+backward of MinkUNet18 (width 0.5, same weights) on a ~20k point
+    structured scan, per backend and dtype: (model, logits, named features, gradients)."""
     x = shuffled(scan_input(20000, seed=5), seed=2)
     cfg = ModelConfig(size=18, width=0.5)
-    torch.manual_seed(0)
-    m_t = build_model(cfg, tb).train()
-    m_m = build_model(cfg, me).train()
-    m_m.load_state_dict(m_t.state_dict())
     labels = torch.randint(0, 20, (x.num_voxels,), generator=torch.Generator().manual_seed(0))
-    res = {}
-    for name, m in (("torch", m_t), ("minkowski", m_m)):
-        logits, feats = m(x, return_features=True)
-        torch.nn.functional.cross_entropy(logits, labels).backward()
-        res[name] = (logits, feats, {n: p.grad for n, p in m.named_parameters()})
-    lt, ft, gt = res["torch"]
-    lm, fm, gm = res["minkowski"]
+    runs = {}
+    for be in (tb, me):
+        for dtype in (torch.float32, torch.float64):
+            torch.manual_seed(0)
+            m = build_model(cfg, be).to(dtype).train()
+            logits, feats = m(SparseTensor(x.coords, x.feats.to(dtype)), return_features=True)
+            torch.nn.functional.cross_entropy(logits, labels).backward()
+            grads = {n: p.grad for n, p in m.named_parameters()}
+            runs[f"{be.name}{torch.finfo(dtype).bits}"] = (m, logits, feats, grads)
+    return runs
+
+
+def test_minkunet_parity_float32_outputs(model_runs: dict[str, tuple]) -> None:
+    m_t, lt, ft, _ = model_runs["torch32"]
+    m_m, lm, fm, _ = model_runs["minkowski32"]
     assert m_m.backend_name == "minkowski" and m_t.backend_name == "torch"
     assert rel_err(lm, lt) < RTOL, "logits must come back in the input row order on both backends"
     for n in FEATURE_NAMES:
         assert rel_err(aligned(fm[n], ft[n]), ft[n].feats) < RTOL, n
-    for n, g in gt.items():
-        assert rel_err(gm[n], g) < RTOL, n
     for n in ("running_mean", "running_var"):
         assert rel_err(m_m.state_dict()[f"stem.0.bn.{n}"], m_t.state_dict()[f"stem.0.bn.{n}"]) < RTOL
+
+
+def test_minkunet_parity_float64_every_gradient(model_runs: dict[str, tuple]) -> None:
+    """Exact arithmetic parity: in float64 every parameter gradient agrees to 1e-8."""
+    _, lt, ft, gt = model_runs["torch64"]
+    _, lm, fm, gm = model_runs["minkowski64"]
+    assert rel_err(lm, lt) < 1e-10
+    assert rel_err(aligned(fm["down4"], ft["down4"]), ft["down4"].feats) < 1e-10
+    for n, g in gt.items():
+        assert rel_err(gm[n], g) < 1e-8, n
+
+
+def test_minkunet_float32_gradients_are_as_accurate_on_both_backends(model_runs: dict[str, tuple]) -> None:
+    """Float32 whole-network gradients are limited by float32 itself, not by the backend:
+    train-mode batch-norm gradients cancel so strongly that EITHER backend in float32 lies
+    ~1e-3 from float64 on some parameters (so a 1e-4 float32 gradient bound is checked per op
+    above, and per parameter in float64). Both backends must be equally close to float64."""
+    ref = torch.cat([g.flatten() for g in model_runs["torch64"][3].values()])
+    errs = {}
+    for name in ("torch32", "minkowski32"):
+        grads = model_runs[name][3]
+        errs[name] = rel_err(torch.cat([grads[n].flatten() for n in model_runs["torch64"][3]]), ref)
+    assert errs["torch32"] < 2e-3 and errs["minkowski32"] < 2e-3, errs
 
 
 def test_checkpoint_crosses_backends(me: SparseBackend, tb: SparseBackend) -> None:

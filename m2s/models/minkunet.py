@@ -17,13 +17,13 @@ from torch import nn
 from m2s.errors import ConfigError
 from m2s.sparse.backend import SparseBackend, get_backend
 from m2s.sparse.nn import (
+    BackendModule,
     DownConv3d,
     PointwiseLinear,
     SparseBatchNorm,
     SparseReLU,
     SubMConv3d,
     UpConv3d,
-    _BackendModule,
     sparse_add,
     sparse_cat,
 )
@@ -167,7 +167,7 @@ class MinkUNet(nn.Module):
         be = get_backend(backend)
         self._backend = be
         for m in self.modules():
-            if isinstance(m, _BackendModule):
+            if isinstance(m, BackendModule):
                 m.set_backend(be)
 
     def forward(

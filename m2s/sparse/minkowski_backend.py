@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -34,7 +35,10 @@ def _load() -> tuple[ModuleType | None, str]:
     for n in added:
         setattr(collections, n, getattr(collections.abc, n))
     try:
-        me = importlib.import_module("MinkowskiEngine")
+        with warnings.catch_warnings():
+            # ME warns on every import that a CPU_ONLY build lacks CUDA; that is expected here.
+            warnings.filterwarnings("ignore", message=".*CPU_ONLY.*")
+            me = importlib.import_module("MinkowskiEngine")
     except ImportError as exc:
         return None, f"cannot import MinkowskiEngine ({exc})"
     except Exception as exc:  # a broken build can fail in many ways at import time
@@ -95,14 +99,16 @@ class MinkowskiBackend(SparseBackend):
         self.me = me
         self._kg3 = me.KernelGenerator(kernel_size=3, stride=1, dilation=1, dimension=3)
         self._kg2 = me.KernelGenerator(kernel_size=2, stride=2, dilation=1, dimension=3)
-        self._mode = me.MinkowskiConvolution(1, 1, kernel_size=1, dimension=3).convolution_mode
+        self._mode = importlib.import_module("MinkowskiEngineBackend._C").ConvolutionMode.DEFAULT
 
     def prepare(self, x: SparseTensor) -> tuple[SparseTensor, torch.Tensor | None]:
         if x.stride != 1:
             raise DataError(f"network inputs must have stride 1, got stride {x.stride}")
         validate_input(x.coords, x.feats)
-        if x.feats.is_cuda and not torch.cuda.is_available():
-            raise BackendUnavailable("CUDA tensors given but CUDA is unavailable")
+        if x.feats.is_cuda and not self.me.is_cuda_available():
+            raise BackendUnavailable(
+                "MinkowskiEngine was built CPU-only but the input is on CUDA; use backend='torch'"
+            )
         coords = x.coords.to(torch.int32).contiguous()
         st = self.me.SparseTensor(features=x.feats, coordinates=coords)
         order: torch.Tensor | None = st.unique_index.long()
@@ -164,7 +170,7 @@ class MinkowskiBackend(SparseBackend):
     def build_kernel_maps(self, x: SparseTensor, num_levels: int) -> None:
         """Build the maps a U-Net with ``num_levels`` stages needs (for timing), by running
         1-channel convolutions: ME builds and caches its maps inside the manager on first use."""
-        mgr = self._mgr(x)
+        self._mgr(x)
         t = x.replace(x.feats.new_zeros((x.num_voxels, 1)))
         w3 = x.feats.new_zeros((27, 1, 1))
         w2 = x.feats.new_zeros((8, 1, 1))
@@ -173,4 +179,3 @@ class MinkowskiBackend(SparseBackend):
                 t = self.subm_conv3(t, w3)
                 if i < num_levels:
                     t = self.down_conv2(t, w2)
-        del mgr

@@ -13,7 +13,7 @@ from torch import nn
 
 from m2s.errors import ConfigError
 from m2s.sparse.backend import SparseBackend
-from m2s.sparse.tensor import SparseTensor
+from m2s.sparse.tensor import SparseTensor, same_coordinates
 
 
 def _init_kernel(weight: torch.Tensor, fan_in: int) -> None:
@@ -23,7 +23,9 @@ def _init_kernel(weight: torch.Tensor, fan_in: int) -> None:
         weight.uniform_(-bound, bound)
 
 
-class _BackendModule(nn.Module):
+class BackendModule(nn.Module):
+    """A module whose computation is delegated to a (swappable) sparse backend."""
+
     def __init__(self, backend: SparseBackend) -> None:
         super().__init__()
         self.backend = backend
@@ -35,7 +37,7 @@ class _BackendModule(nn.Module):
         return f"backend={self.backend.name}"
 
 
-class SubMConv3d(_BackendModule):
+class SubMConv3d(BackendModule):
     """Submanifold 3x3x3 convolution, no bias (followed by batch-norm in MinkUNet)."""
 
     def __init__(self, in_channels: int, out_channels: int, backend: SparseBackend) -> None:
@@ -47,7 +49,7 @@ class SubMConv3d(_BackendModule):
         return self.backend.subm_conv3(x, self.weight)
 
 
-class DownConv3d(_BackendModule):
+class DownConv3d(BackendModule):
     """2x2x2 convolution with stride 2 (halves the resolution), no bias."""
 
     def __init__(self, in_channels: int, out_channels: int, backend: SparseBackend) -> None:
@@ -59,7 +61,7 @@ class DownConv3d(_BackendModule):
         return self.backend.down_conv2(x, self.weight)
 
 
-class UpConv3d(_BackendModule):
+class UpConv3d(BackendModule):
     """Transposed 2x2x2 stride-2 convolution onto the coordinates of a finer tensor, no bias."""
 
     def __init__(self, in_channels: int, out_channels: int, backend: SparseBackend) -> None:
@@ -96,7 +98,7 @@ class SparseReLU(nn.Module):
 
 def sparse_cat(a: SparseTensor, b: SparseTensor) -> SparseTensor:
     """Concatenate the channels of two tensors on the same coordinates (skip connections)."""
-    if a.manager is not b.manager or a.key != b.key or a.stride != b.stride:
+    if not same_coordinates(a, b):
         raise ConfigError(
             f"cannot concatenate sparse tensors on different coordinates (strides {a.stride}, {b.stride})"
         )
@@ -105,6 +107,6 @@ def sparse_cat(a: SparseTensor, b: SparseTensor) -> SparseTensor:
 
 def sparse_add(a: SparseTensor, b: SparseTensor) -> SparseTensor:
     """Element-wise sum of two tensors on the same coordinates (residual connections)."""
-    if a.manager is not b.manager or a.key != b.key or a.stride != b.stride:
+    if not same_coordinates(a, b):
         raise ConfigError("cannot add sparse tensors on different coordinates")
     return a.replace(a.feats + b.feats)

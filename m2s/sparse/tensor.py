@@ -145,6 +145,16 @@ class SparseTensor:
         )
 
 
+def same_coordinates(a: SparseTensor, b: SparseTensor) -> bool:
+    """Whether two tensors of one forward pass live on the same coordinate set (same rows)."""
+    if a.manager is not b.manager or a.stride != b.stride:
+        return False
+    # MinkowskiEngine keys are pybind objects without value equality; compare their contents.
+    ka = a.key.get_key() if hasattr(a.key, "get_key") else a.key
+    kb = b.key.get_key() if hasattr(b.key, "get_key") else b.key
+    return bool(ka == kb)
+
+
 def validate_input(coords: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     """Check a stride-1 network input and return its int64 keys (row order).
 

@@ -18,7 +18,6 @@ from m2s.errors import ConfigError, DataError
 from m2s.sparse.backend import SparseBackend
 from m2s.sparse.tensor import (
     CENTER_3,
-    OFFSETS_2,
     OFFSETS_3,
     SparseTensor,
     key_delta,

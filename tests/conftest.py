@@ -19,12 +19,12 @@ def _repo_root_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---- a tiny synthetic dataset, fused once per test session ------------------------------------
 TINY_SYNTH = dict(sequences=["00", "08"], test_sequences=[], scans=10, beams=16, columns=256, seed=3)
 TINY_TRAIN_CONFIG = """
-model: {size: 14, width: 0.25}
+model: {size: 14, width: 0.5}
 voxel: {voxel_size: 0.25}
 data: {num_workers: 0, val_batch_size: 4}
-optim: {batch_size: 2, lr: 0.01, warmup_fraction: 0.0}
+optim: {batch_size: 2, lr: 0.01, warmup_fraction: 0.0, schedule: constant}
 loss: {frequency_scans: 10}
-augment: {enabled: true}
+augment: {enabled: false}
 log_every: 1
 """
 

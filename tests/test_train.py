@@ -85,7 +85,7 @@ def test_identical_rerun_is_a_no_op_and_unfinished_run_needs_resume(trained_teac
 
 
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tiny_data, tmp_path):
-    args = ["--epochs", "3", "--max-scans", "6"]
+    args = ["--epochs", "4", "--max-scans", "6"]
     full = tmp_path / "full"
     res = CliRunner().invoke(app, _train_cli(tiny_data, full, *args))
     assert res.exit_code == 0, res.output

@@ -69,28 +69,40 @@ def available_backends() -> list[str]:
     return names
 
 
+def _minkowski_has_cuda() -> bool:
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    from m2s.sparse import minkowski_backend
+
+    me, _ = minkowski_backend._load()
+    return bool(me is not None and getattr(me, "is_cuda_available", lambda: False)())
+
+
 def get_backend(name: str | SparseBackend = "auto") -> SparseBackend:
-    """Backend by name: ``"torch"``, ``"minkowski"`` or ``"auto"`` (MinkowskiEngine if usable,
-    else the pure-PyTorch backend). Passing a backend instance returns it unchanged."""
+    """Backend by name: ``"torch"``, ``"minkowski"`` or ``"auto"``.
+
+    ``auto`` picks MinkowskiEngine only where it is the better choice: a CUDA build of it on a
+    machine with a GPU. Otherwise (CPU, or the CPU-only build `make setup` produces) it picks the
+    pure-PyTorch backend, which `benchmarks/bench_backbone.py` measures faster on CPU and which
+    runs on CUDA without compilation. Passing a backend instance returns it unchanged."""
     if isinstance(name, SparseBackend):
         return name
     if name not in BACKEND_NAMES:
         raise ConfigError(f"unknown sparse backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    if name == "auto":
+        name = "minkowski" if minkowski_status()[0] and _minkowski_has_cuda() else "torch"
     if name == "torch":
         from m2s.sparse.torch_backend import TorchBackend
 
         return TorchBackend()
     ok, why = minkowski_status()
-    if name == "minkowski":
-        if not ok:
-            raise BackendUnavailable(
-                f"sparse backend 'minkowski' requested but MinkowskiEngine is unusable: {why}. "
-                "Install it with `make setup` (runs scripts/install_minkowski.sh) or use backend='torch'"
-            )
-    elif not ok:
-        from m2s.sparse.torch_backend import TorchBackend
-
-        return TorchBackend()
+    if not ok:
+        raise BackendUnavailable(
+            f"sparse backend 'minkowski' requested but MinkowskiEngine is unusable: {why}. "
+            "Install it with `make setup` (runs scripts/install_minkowski.sh) or use backend='torch'"
+        )
     from m2s.sparse.minkowski_backend import MinkowskiBackend
 
     return MinkowskiBackend()

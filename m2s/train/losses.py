@@ -41,7 +41,8 @@ def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     num_classes = probs.shape[1]
     fg = F.one_hot(labels, num_classes).to(probs.dtype)  # (P, C)
     errors = (fg - probs).abs()
-    errors_sorted, order = torch.sort(errors, dim=0, descending=True)
+    # stable: tied errors keep their order, so the gradient is reproducible run to run
+    errors_sorted, order = torch.sort(errors, dim=0, descending=True, stable=True)
     fg_sorted = torch.gather(fg, 0, order)
     gts = fg_sorted.sum(dim=0, keepdim=True)
     intersection = gts - fg_sorted.cumsum(dim=0)

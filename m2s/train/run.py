@@ -60,7 +60,9 @@ class SupervisedModule(torch.nn.Module):
 
 def task_loss(loss: SegmentationLoss, voxel_logits: torch.Tensor, view: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     if loss.cfg.level == "points":
-        return loss(voxel_logits[view.point_to_voxel], view.point_labels)
+        # index_select, not `logits[idx]`: its backward (index_add_) is deterministic on CPU,
+        # while advanced indexing accumulates duplicate indices in a thread-dependent order.
+        return loss(voxel_logits.index_select(0, view.point_to_voxel), view.point_labels)
     return loss(voxel_logits, view.voxel_labels)
 
 

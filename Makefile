@@ -25,4 +25,17 @@ test-fast:
 clean-venv:
 	rm -rf $(VENV)
 
+# Benchmarks: each prints a table and writes JSON under runs/bench/.
+.PHONY: bench bench-backbone bench-fuse bench-distill
+bench: bench-backbone bench-fuse bench-distill
+bench-backbone:
+	@mkdir -p runs/bench
+	$(PY) benchmarks/bench_backbone.py --points 120000 --repeats 5 --backends torch,minkowski --device cpu --json runs/bench/backbone.json
+bench-fuse:
+	@mkdir -p runs/bench
+	$(PY) benchmarks/bench_fuse.py --scans 200 --storage-scans 60 --reads 100 --json runs/bench/fuse.json
+bench-distill:
+	@mkdir -p runs/bench
+	$(PY) benchmarks/bench_distill.py --beams 64 --columns 1024 --scans 12 --voxel-size 0.1 --size 18 --teacher-size 18 --batch-size 2 --repeats 7 --warmup 1 --threads 1 --json runs/bench/distill.json
+
 -include pipelines/*.mk

@@ -38,4 +38,4 @@ bench-distill:
 	@mkdir -p runs/bench
 	$(PY) benchmarks/bench_distill.py --beams 64 --columns 1024 --scans 12 --voxel-size 0.1 --size 18 --teacher-size 18 --batch-size 2 --repeats 7 --warmup 1 --threads 1 --json runs/bench/distill.json
 
--include pipelines/*.mk
+include pipelines/demo.mk pipelines/semantickitti.mk pipelines/synthetic-full.mk

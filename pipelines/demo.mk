@@ -1,5 +1,7 @@
 # `make demo`: synth -> fuse -> teacher -> baseline student -> distilled student -> evaluate,
 # on the embedded synthetic dataset, sized for a 2-core CPU (see README for measured times).
+include pipelines/common.mk
+
 DEMO ?= runs/demo
 DEMO_SYNTH_ARGS ?= --sequences 00,01,08 --test-sequences none --scans 40 --beams 32 --columns 512 --seed 0
 DEMO_TRAIN_SEQ ?= 00,01
@@ -22,20 +24,7 @@ $(DEMO)/fused-train/manifest.json: $(DEMO)/data/manifest.json
 $(DEMO)/fused-val/manifest.json: $(DEMO)/data/manifest.json
 	$(M2S) fuse $(DEMO)/data --sequences $(DEMO_VAL_SEQ) --out $(DEMO)/fused-val
 
-$(DEMO)/teacher/manifest.json: $(DEMO)/fused-train/manifest.json $(DEMO)/fused-val/manifest.json $(DEMO_TEACHER_CFG)
-	$(M2S) train-teacher --cache $(DEMO)/fused-train --val-cache $(DEMO)/fused-val --out $(DEMO)/teacher \
-		--config $(DEMO_TEACHER_CFG) $(DEMO_TRAIN_ARGS) $(call resume_flag,$(DEMO)/teacher)
-
-$(DEMO)/baseline/manifest.json: $(DEMO)/fused-train/manifest.json $(DEMO)/fused-val/manifest.json $(DEMO_STUDENT_CFG)
-	$(M2S) distill --kd none --cache $(DEMO)/fused-train --val-cache $(DEMO)/fused-val --out $(DEMO)/baseline \
-		--config $(DEMO_STUDENT_CFG) $(DEMO_TRAIN_ARGS) $(call resume_flag,$(DEMO)/baseline)
-
-$(DEMO)/student/manifest.json: $(DEMO)/teacher/manifest.json $(DEMO)/fused-train/manifest.json $(DEMO)/fused-val/manifest.json $(DEMO_STUDENT_CFG)
-	$(M2S) distill --teacher $(DEMO)/teacher --cache $(DEMO)/fused-train --val-cache $(DEMO)/fused-val \
-		--out $(DEMO)/student --config $(DEMO_STUDENT_CFG) $(DEMO_TRAIN_ARGS) $(call resume_flag,$(DEMO)/student)
-
-$(DEMO)/eval/manifest.json: $(DEMO)/teacher/manifest.json $(DEMO)/baseline/manifest.json $(DEMO)/student/manifest.json
-	$(M2S) evaluate $(DEMO)/teacher $(DEMO)/baseline $(DEMO)/student --cache $(DEMO)/fused-val --out $(DEMO)/eval
+$(eval $(call m2s_chain,$(DEMO),$(DEMO_TEACHER_CFG),$(DEMO_STUDENT_CFG),$(DEMO_TRAIN_ARGS)))
 
 demo-clean:
 	rm -rf $(DEMO)

@@ -1,6 +1,8 @@
 # `make kitti DATA=/path/to/semantic-kitti [GPUS=N]`: the paper-scale chain on the real dataset.
 # Train 00-07,09,10; validate 08; MinkUNet at 0.05 m; the paper's hard classes; window 4.
 # Exports test-split (11-21) predictions in the benchmark submission layout.
+include pipelines/common.mk
+
 KITTI ?= runs/kitti
 KITTI_TRAIN_SEQ ?= 00-07,09,10
 KITTI_VAL_SEQ ?= 08
@@ -23,21 +25,8 @@ $(KITTI)/fused-train/manifest.json: | kitti-check
 $(KITTI)/fused-val/manifest.json: | kitti-check
 	$(M2S) fuse $(DATA) --sequences $(KITTI_VAL_SEQ) --window $(KITTI_WINDOW) --out $(KITTI)/fused-val
 
-$(KITTI)/teacher/manifest.json: $(KITTI)/fused-train/manifest.json $(KITTI)/fused-val/manifest.json $(KITTI_TEACHER_CFG)
-	$(TRAIN_LAUNCH) train-teacher --cache $(KITTI)/fused-train --val-cache $(KITTI)/fused-val --out $(KITTI)/teacher \
-		--config $(KITTI_TEACHER_CFG) $(call resume_flag,$(KITTI)/teacher)
-
-$(KITTI)/baseline/manifest.json: $(KITTI)/fused-train/manifest.json $(KITTI)/fused-val/manifest.json $(KITTI_STUDENT_CFG)
-	$(TRAIN_LAUNCH) distill --kd none --cache $(KITTI)/fused-train --val-cache $(KITTI)/fused-val --out $(KITTI)/baseline \
-		--config $(KITTI_STUDENT_CFG) $(call resume_flag,$(KITTI)/baseline)
-
-$(KITTI)/student/manifest.json: $(KITTI)/teacher/manifest.json $(KITTI)/fused-train/manifest.json $(KITTI)/fused-val/manifest.json $(KITTI_STUDENT_CFG)
-	$(TRAIN_LAUNCH) distill --teacher $(KITTI)/teacher --cache $(KITTI)/fused-train --val-cache $(KITTI)/fused-val \
-		--out $(KITTI)/student --config $(KITTI_STUDENT_CFG) $(call resume_flag,$(KITTI)/student)
-
 # Teacher on fused input, baseline and student on single scans, all scored on the original points.
-$(KITTI)/eval/manifest.json: $(KITTI)/teacher/manifest.json $(KITTI)/baseline/manifest.json $(KITTI)/student/manifest.json
-	$(M2S) evaluate $(KITTI)/teacher $(KITTI)/baseline $(KITTI)/student --cache $(KITTI)/fused-val --out $(KITTI)/eval
+$(eval $(call m2s_chain,$(KITTI),$(KITTI_TEACHER_CFG),$(KITTI_STUDENT_CFG),))
 
 $(KITTI)/submission/manifest.json: $(KITTI)/student/manifest.json | kitti-check
 	$(M2S) evaluate $(KITTI)/student --data $(DATA) --sequences $(KITTI_TEST_SEQ) --export-labels --out $(KITTI)/submission

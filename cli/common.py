@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from m2s.errors import M2SError
 
@@ -59,3 +60,17 @@ def handle_errors(fn: F) -> F:
 def not_implemented(stage: str) -> None:
     err.print(f"[bold red]error:[/] `m2s {stage}` is not implemented yet")
     raise typer.Exit(1)
+
+
+def progress_bar(label: str, *middle: ProgressColumn | str, console: Console = out, transient: bool = False) -> Progress:
+    """The one progress-bar layout of the CLI: label, bar, done/total, extra columns, times."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *middle,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+    )

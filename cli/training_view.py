@@ -6,25 +6,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TextColumn
 from rich.table import Table
 
-from cli.common import out
+from cli.common import progress_bar
 if TYPE_CHECKING:  # the engine imports torch; keep `m2s --help` fast
     from m2s.train.engine import EventCallback
 
 
 @contextmanager
 def training_progress(title: str) -> Iterator[EventCallback]:
-    progress = Progress(
-        TextColumn(f"[bold]{title}[/] epoch {{task.fields[epoch]}}"),
-        BarColumn(),
-        MofNCompleteColumn(),
+    progress = progress_bar(
+        f"[bold]{title}[/] epoch {{task.fields[epoch]}}",
         TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[sps]:.1f} scans/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=out,
-        transient=False,
     )
     task_id = progress.add_task(title, total=1, epoch="-", loss=float("nan"), lr=0.0, sps=0.0)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TextColumn
 from rich.table import Table
 
-from cli.common import err, handle_errors, out
+from cli.common import err, handle_errors, out, progress_bar
 from m2s.errors import BackendUnavailable, ConfigError
 
 if TYPE_CHECKING:
@@ -164,16 +164,7 @@ def evaluate(
         max_scans=max_scans,
         export_labels=export_labels,
     )
-    with Progress(
-        TextColumn("[bold]evaluating[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("scans"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
+    with progress_bar("[bold]evaluating[/]", TextColumn("scans"), console=err, transient=True) as bar:
         task = bar.add_task("evaluate", total=None)
 
         def on_progress(done: int, total: int) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import typer
 from pydantic import ValidationError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TextColumn
 from rich.table import Table
 
-from cli.common import handle_errors, out
+from cli.common import handle_errors, out, progress_bar
 from m2s.artifacts import Manifest
 from m2s.data.semantickitti import parse_sequence_list
 from m2s.errors import ConfigError, DataError
@@ -74,16 +74,7 @@ def synth(
 
     total = scans * len(cfg.all_sequences)
     start = time.perf_counter()
-    with Progress(
-        TextColumn("[bold]synth[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("scans"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=out,
-        transient=False,
-    ) as bar:
+    with progress_bar("[bold]synth[/]", TextColumn("scans")) as bar:
         task = bar.add_task("synth", total=total)
         manifest = generate_dataset(
             out_dir, cfg, progress=lambda done, _total: bar.update(task, completed=done), workers=workers

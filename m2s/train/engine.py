@@ -31,7 +31,7 @@ from m2s.evaluation.metrics import ConfusionAccumulator
 from m2s.io_utils import atomic_path
 from m2s.labels import LabelManifest
 from m2s.train.config import OptimConfig, TrainConfig
-from m2s.train.dataset import Batch, ScanDataset, ViewBatch, collate_views
+from m2s.train.dataset import ScanDataset, ViewBatch, collate_views
 from m2s.inference import fill_unpredicted, view_to_sparse
 
 EventCallback = Callable[[str, dict[str, Any]], None]

@@ -77,6 +77,9 @@ def test_identical_rerun_is_a_no_op_and_unfinished_run_needs_resume(trained_teac
     res = CliRunner().invoke(app, _train_cli(tiny_data, out, "--epochs", "8"))
     assert res.exit_code == 0 and "up to date" in res.output
     assert (out / "manifest.json").read_text() == before
+    # loader workers cannot change the weights: not part of the identity either
+    res = CliRunner().invoke(app, _train_cli(tiny_data, out, "--epochs", "8", "--workers", "1"))
+    assert res.exit_code == 0 and "up to date" in res.output
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     (copy / "manifest.json").unlink()

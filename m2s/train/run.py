@@ -126,10 +126,14 @@ def run_training(
     caches = open_caches(spec.caches, labels, "training")
     val_caches = open_caches(spec.val_caches, labels, "validation") if spec.val_caches else []
     hard_raw = sorted({int(x) for c in caches for x in c.hard_raw_ids})
+    train_cfg = cfg.model_dump(mode="json")
+    # Settings that cannot change the trained weights stay out of the content id, so rerunning
+    # with more loader workers or another log interval is still a no-op.
+    runtime = {"num_workers": train_cfg["data"].pop("num_workers"), "log_every": train_cfg.pop("log_every")}
     config = {
         "role": spec.role,
         "input": spec.train_view,
-        "train": cfg.model_dump(mode="json"),
+        "train": train_cfg,
         "model": cfg.model.model_dump(mode="json"),
         "voxel": cfg.voxel.model_dump(mode="json"),
         "label_digest": labels.digest(),
@@ -187,6 +191,7 @@ def run_training(
                 "class_weights": None if weights is None else [float(w) for w in weights],
                 "class_point_counts": counts,
                 "epochs": [{k: v for k, v in h.items() if k != "event"} for h in result.history],
+                "runtime": runtime,
             }
             write_manifest(out, manifest)
         return manifest, result

@@ -50,6 +50,14 @@ class SparseBackend(abc.ABC):
                 "pass it through backend.prepare() (or the model) first"
             )
 
+    def _check_up_target(self, x: SparseTensor, target: SparseTensor) -> None:
+        """A transposed convolution lands on the coordinates of the same forward, one level finer."""
+        if target.manager is not x.manager or 2 * target.stride != x.stride:
+            raise ConfigError(
+                f"transposed convolution from stride {x.stride} needs a target of stride "
+                f"{x.stride // 2} from the same forward pass (got stride {target.stride})"
+            )
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

@@ -156,11 +156,7 @@ class MinkowskiBackend(SparseBackend):
 
     def up_conv2(self, x: SparseTensor, weight: torch.Tensor, target: SparseTensor) -> SparseTensor:
         mgr = self._mgr(x)
-        if target.manager is not mgr or 2 * target.stride != x.stride:
-            raise ConfigError(
-                f"transposed convolution from stride {x.stride} needs a target of stride "
-                f"{x.stride // 2} from the same forward pass (got stride {target.stride})"
-            )
+        self._check_up_target(x, target)
         w = self._weight(weight, PERM_2, x.num_channels, x.feats)
         out = self.me.MinkowskiConvolutionTransposeFunction.apply(
             x.feats.contiguous(), w, self._kg2, self._mode, x.key, target.key, mgr.manager

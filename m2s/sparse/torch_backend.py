@@ -295,11 +295,7 @@ class TorchBackend(SparseBackend):
 
     def up_conv2(self, x: SparseTensor, weight: torch.Tensor, target: SparseTensor) -> SparseTensor:
         mgr = self._mgr(x)
-        if target.manager is not mgr or 2 * target.stride != x.stride:
-            raise ConfigError(
-                f"transposed convolution from stride {x.stride} needs a target of stride "
-                f"{x.stride // 2} from the same forward pass (got stride {target.stride})"
-            )
+        self._check_up_target(x, target)
         check_weight(weight, 8, x.num_channels)
         dmap = mgr.down_map(target.stride)
         feats, w = _amp_cast(x.feats, weight)

@@ -144,16 +144,14 @@ class Predictor:
 
     @torch.no_grad()
     def predict(self, scans: list[np.ndarray]) -> list[np.ndarray]:
-        from m2s.train.dataset import in_range_mask, segment_mean, voxelize_points
+        from m2s.train.dataset import voxelize_scan
 
         voxel = self.loaded.voxel
         coords_list, feats_list, p2v_list, kept_list = [], [], [], []
         offset = 0
         for b, pts in enumerate(scans):
             pts = np.asarray(pts, dtype=np.float32)
-            kept = np.flatnonzero(in_range_mask(pts[:, :3], voxel))
-            coords, p2v = voxelize_points(pts[kept, :3], voxel)
-            feats = segment_mean(pts[kept], p2v, coords.shape[0])
+            kept, coords, p2v, feats = voxelize_scan(pts[:, :3], pts[:, 3], voxel)
             coords_list.append(np.concatenate([np.full((coords.shape[0], 1), b, np.int32), coords], axis=1))
             feats_list.append(feats)
             p2v_list.append(p2v + offset)

@@ -70,6 +70,20 @@ def majority_label(labels: np.ndarray, index: np.ndarray, n: int, num_classes: i
     return np.where(labelled.max(axis=1) > 0, best, 0).astype(np.int64)
 
 
+def voxelize_scan(
+    xyz: np.ndarray, remission: np.ndarray, voxel: VoxelConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """How a scan becomes network input, for training and inference alike.
+
+    Returns the rows kept (in range), their voxel coordinates (V,3), the point->voxel map of the
+    kept rows and the voxel features (V,4): mean x, y, z, remission.
+    """
+    kept = np.flatnonzero(in_range_mask(xyz, voxel))
+    coords, p2v = voxelize_points(xyz[kept], voxel)
+    feats = segment_mean(np.concatenate([xyz[kept], remission[kept, None]], axis=1), p2v, coords.shape[0])
+    return kept, coords, p2v, feats
+
+
 @dataclass
 class View:
     """One voxelised view of a scan (numpy, produced in a DataLoader worker)."""
@@ -162,12 +176,9 @@ class ScanDataset(Dataset):
         self.epoch = epoch
 
     def _make_view(self, xyz: np.ndarray, rem: np.ndarray, label_words: np.ndarray, hard_raw: np.ndarray) -> View:
-        keep_mask = in_range_mask(xyz, self.voxel)
-        kept = np.flatnonzero(keep_mask)
-        xyz_k, rem_k, words_k = xyz[kept], rem[kept], label_words[kept]
-        coords, p2v = voxelize_points(xyz_k, self.voxel)
+        kept, coords, p2v, feats = voxelize_scan(xyz, rem, self.voxel)
+        words_k = label_words[kept]
         v = coords.shape[0]
-        feats = segment_mean(np.concatenate([xyz_k, rem_k[:, None]], axis=1), p2v, v)
         train = self.labels.to_train(words_k)
         semantic = (words_k & 0xFFFF).astype(np.int64)
         instance = (words_k >> 16).astype(np.int64)

@@ -134,3 +134,22 @@ def test_fingerprint_changes_with_content(tmp_path):
     assert before == Sequence(tmp_path, "00").fingerprint()
     write_scan(tmp_path / "sequences/00/velodyne/000000.bin", np.zeros((7, 4), np.float32))
     assert Sequence(tmp_path, "00").fingerprint() != before
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 4])
+def test_iter_scans_reads_ahead_in_order_and_reports_errors_at_the_bad_frame(tmp_path, prefetch):
+    scans, _ = make_sequence(tmp_path, n=6)
+    seq = Sequence(tmp_path, "00")
+    got = list(seq.iter_scans(prefetch=prefetch))
+    assert [f for f, _, _ in got] == seq.frames
+    for (_, pts, labels), want in zip(got, scans):
+        assert np.array_equal(pts, want) and labels.shape == (50,)
+    assert all(lab is None for _, _, lab in seq.iter_scans([1, 3], labels=False, prefetch=prefetch))
+    # A truncated label file: the scans before it still arrive, then the error names the file.
+    bad = seq.label_path(3)
+    bad.write_bytes(bad.read_bytes()[:-4])
+    seen = []
+    with pytest.raises(DataError, match="000003.label"):
+        for f, _, _ in seq.iter_scans(prefetch=prefetch):
+            seen.append(f)
+    assert seen == [0, 1, 2]

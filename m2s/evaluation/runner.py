@@ -123,13 +123,9 @@ class KittiScanSource:
 
     def __iter__(self) -> Iterator[ScanItem]:
         for seq in self.sequences:
-            labelled = seq.has_labels
-            for frame in seq.frames:
-                points = seq.read_scan(frame)
-                gt = None
-                if labelled:
-                    words = seq.read_labels(frame, expected_count=points.shape[0])
-                    gt = self.labels.to_train(words, source=seq.label_path(frame))
+            # Read ahead in a thread: the disk works while the model runs.
+            for frame, points, words in seq.iter_scans(labels=seq.has_labels):
+                gt = None if words is None else self.labels.to_train(words, source=seq.label_path(frame))
                 yield ScanItem(seq.sequence, frame, points, points.shape[0], gt)
 
     def describe(self) -> ArtifactInput:

@@ -34,7 +34,7 @@ from m2s.data.semantickitti import (
 )
 from m2s.errors import ArtifactError, ConfigError, DataError
 from m2s.fuse import CacheStorage, FuseConfig, FuseProgress, HardSpec, fuse_dataset, fuse_sequence, open_fused_cache
-from m2s.fuse.align import icp_align, kabsch
+from m2s.fuse.align import icp_align, icp_align_batch, kabsch
 from m2s.fuse.config import IcpConfig
 from m2s.labels import load_label_manifest, make_label_word, split_label_word
 
@@ -274,6 +274,39 @@ def test_kabsch_and_icp_recover_a_rigid_motion() -> None:
     assert not small.used_icp  # too few points: centroid fallback
     np.testing.assert_allclose(small.translation, dst.mean(0) - src[:5].mean(0))
 
+
+
+def test_batched_icp_equals_one_instance_at_a_time() -> None:
+    """Instances aligned in one batch must not see each other's points: three instances occupy
+    the same place with different motions, and a too-small one sits between them."""
+    rng = np.random.default_rng(4)
+    cfg = IcpConfig(iterations=30, max_points=100)
+    srcs, dsts = [], []
+    body = _walker_body(rng)
+    for deg, n in [(10.0, 240), (0.0, 5), (-15.0, 200)]:
+        m = _rot_z(deg)
+        m[:3, 3] = [0.1, -0.1, 0.0]  # all targets overlap: only the instance tag keeps them apart
+        srcs.append(body[:n] + rng.normal(0, 0.003, (n, 3)))
+        dsts.append(_apply(m, body[:n])[::-1])  # reversed: correspondences are not given by order
+    # Targets stored in another order than the sources, and one target used twice.
+    dst_parts = [dsts[1], dsts[0], dsts[2]]
+    dst_index = np.array([1, 0, 2, 2])
+    src_all = np.concatenate(srcs[:3] + [srcs[2]])
+    counts = np.array([len(srcs[0]), len(srcs[1]), len(srcs[2]), len(srcs[2])])
+    dst_all = np.concatenate(dst_parts)
+    dst_starts = np.concatenate(([0], np.cumsum([len(p) for p in dst_parts])))
+    batch = icp_align_batch(src_all, counts, dst_all, dst_starts, dst_index, cfg)
+    singles = [icp_align(srcs[0], dsts[0], cfg), icp_align(srcs[1], dsts[1], cfg),
+               icp_align(srcs[2], dsts[2], cfg), icp_align(srcs[2], dsts[2], cfg)]
+    for k, one in enumerate(singles):
+        got = batch[k]
+        assert got.used_icp == one.used_icp
+        np.testing.assert_allclose(got.rotation, one.rotation, atol=1e-9)
+        np.testing.assert_allclose(got.translation, one.translation, atol=1e-9)
+        np.testing.assert_allclose([got.residual, got.centroid_residual], [one.residual, one.centroid_residual],
+                                   atol=1e-12, equal_nan=True)
+    assert not batch.used_icp[1]  # 5 points: centroid fallback, without disturbing its neighbours
+    assert batch.used_icp[[0, 2, 3]].all() and (batch.residual[[0, 2]] < 0.02).all()
 
 # ---- cache writer / reader ---------------------------------------------------------------------
 @pytest.fixture(scope="module")

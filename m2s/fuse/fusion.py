@@ -20,11 +20,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from m2s.data.semantickitti import Sequence
 from m2s.errors import ConfigError
-from m2s.fuse.align import icp_align
+from m2s.fuse.align import icp_align_batch
 from m2s.fuse.config import FuseConfig
 from m2s.labels import LabelManifest
 
@@ -235,6 +234,29 @@ def _neighbours(frames_in_window: list[int], f: int, cfg: FuseConfig) -> list[in
     return [g for g in frames_in_window if lo <= g <= hi and g != f]
 
 
+def _icp_refine(
+    out_pts: np.ndarray,
+    tgt: HardPoints,
+    jobs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    cfg: FuseConfig,
+    stats: SequenceStats | None,
+) -> None:
+    """ICP of every instance block listed in `jobs` onto its target instance, in one batch, in place."""
+    first = np.concatenate([j[0] for j in jobs])
+    counts = np.concatenate([j[1] for j in jobs])
+    target = np.concatenate([j[2] for j in jobs])
+    # Rows of all blocks back to back (loops over instances only, never over points).
+    rows = np.concatenate([np.arange(f, f + c) for f, c in zip(first.tolist(), counts.tolist())])
+    block = out_pts[rows, :3].astype(np.float64)
+    res = icp_align_batch(block, counts, np.ascontiguousarray(tgt.coords.T), tgt.starts, target, cfg.icp)
+    seg = np.repeat(np.arange(counts.shape[0]), counts)
+    out_pts[rows, :3] = np.einsum("rij,rj->ri", res.rotation[seg], block) + res.translation[seg]
+    if stats is not None:
+        used = int(res.used_icp.sum())
+        stats.aligned["icp"] += used
+        stats.aligned["icp_fallback"] += int(counts.shape[0] - used)
+
+
 def fuse_target(
     tgt: HardPoints,
     sources: list[HardPoints],
@@ -261,7 +283,7 @@ def fuse_target(
     out_pts = np.empty((total, 4), dtype=np.float32)
     out_word = np.empty(total, dtype=np.uint32)
     out_src = np.empty(total, dtype=np.int32)
-    trees: dict[int, cKDTree] = {}  # per target instance, built on first ICP use
+    icp_jobs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (first row, rows, target instance)
     a = 0
     for src, rel, common, mask, n_rows in plan:
         b = a + n_rows
@@ -286,27 +308,17 @@ def fuse_target(
         out_pts[a:b, 3] = src.rem if mask is None else src.rem[mask]
         out_word[a:b] = src.word if mask is None else src.word[mask]
         out_src[a:b] = src.frame
-        n_icp = n_fallback = 0
         if use_icp.any():
             starts = a + np.concatenate(([0], np.cumsum(counts)))
-            for k in np.flatnonzero(use_icp):  # a loop over instances, not points
-                j = int(tidx[k])
-                rows = slice(int(starts[k]), int(starts[k + 1]))
-                block = out_pts[rows, :3].astype(np.float64)
-                dst = tgt.instance_xyz(j)
-                if block.shape[0] >= cfg.icp.min_points and dst.shape[0] >= cfg.icp.min_points and j not in trees:
-                    trees[j] = cKDTree(dst)
-                res = icp_align(block, dst, cfg.icp, trees.get(j))
-                out_pts[rows, :3] = block @ res.rotation.T + res.translation
-                n_icp += res.used_icp
-                n_fallback += not res.used_icp
+            k = np.flatnonzero(use_icp)
+            icp_jobs.append((starts[k], counts[k], tidx[k]))
         if stats is not None:
             stats.aligned["pose"] += int(n - use_centroid.sum() - use_icp.sum())
             stats.aligned["centroid"] += int(use_centroid.sum())
-            stats.aligned["icp"] += n_icp
-            stats.aligned["icp_fallback"] += n_fallback
         fused_count += np.bincount(tidx, weights=counts, minlength=fused_count.shape[0]).astype(np.int64)
         a = b
+    if icp_jobs:
+        _icp_refine(out_pts, tgt, icp_jobs, cfg, stats)
     return out_pts, out_word, out_src, fused_count
 
 

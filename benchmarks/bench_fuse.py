@@ -16,6 +16,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -161,6 +162,27 @@ def _time_random_reads(path: Path, n_reads: int, cold: bool, seed: int = 0) -> f
     return total / n_reads
 
 
+def output_floor(n_bytes: int, work: Path, repeats: int = 3) -> dict[str, float]:
+    """Seconds to merely write `n_bytes` to a new file and to sha256 them (median of `repeats`):
+    what any implementation producing a file of this size with a digest must at least spend."""
+    buf = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    path = work / "floor.bin"
+    write_t, hash_t = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        with open(path, "wb") as fh:
+            for _ in range(n_bytes >> 20):
+                fh.write(buf)
+        write_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        h = hashlib.sha256()
+        for _ in range(n_bytes >> 20):
+            h.update(buf)
+        hash_t.append(time.perf_counter() - t)
+        path.unlink()
+    return {"write_s": float(np.median(write_t)), "sha256_s": float(np.median(hash_t))}
+
+
 def storage_matrix(root: Path, seq: str, work: Path, n_scans: int, n_reads: int) -> list[dict[str, Any]]:
     labels = load_label_manifest()
     spec = HardSpec.from_manifest(labels, None)
@@ -172,7 +194,7 @@ def storage_matrix(root: Path, seq: str, work: Path, n_scans: int, n_reads: int)
     ref_dir = work / "storage_ref"
     fuse_dataset(root, ref_dir, [seq], FuseConfig(align="pose"), labels)  # manifest template
     rows = []
-    variants = [("none", "none"), ("none", "lzf"), ("lzf", "lzf"), ("gzip", "gzip")]
+    variants = [("none", "none"), ("none", "gzip"), ("none", "lzf"), ("lzf", "lzf"), ("gzip", "gzip")]
     for chunk in (16384, 65536, 262144):
         for pc, ac in variants:
             st = CacheStorage(chunk_rows=chunk, points_compression=pc, aux_compression=ac)
@@ -245,6 +267,7 @@ def main() -> None:
             compute, _ = _run_child(str(root), args.sequence, str(out), align, False)
             row["compute_only_s"] = compute
         if align == "pose":
+            result["output_floor"] = output_floor(int(size), work)
             shutil.rmtree(out)
             _evict_inputs(seq)
             row["seconds_cold_input"], _ = _run_child(str(root), args.sequence, str(out), align, True)
@@ -256,6 +279,10 @@ def main() -> None:
           f"{read_cold:.3f} s = {n / read_cold:.0f} scans/s cold")
     cold = modes[0]["seconds_cold_input"]
     print(f"pose with cold inputs: {cold:.3f} s = {n / cold:.1f} scans/s = {cold / read_cold:.2f} x cold read")
+    fl = result["output_floor"]
+    floor = fl["write_s"] + fl["sha256_s"]
+    print(f"floor of the output alone (write {modes[0]['MiB']:.0f} MiB to a new file {fl['write_s']:.3f} s + sha256 "
+          f"{fl['sha256_s']:.3f} s): {floor:.3f} s = {floor / read_s:.2f} x warm read, {floor / read_cold:.2f} x cold read")
     hdr = f"{'align':<9}{'s':>8}{'scans/s':>9}{'x read':>8}{'compute s':>11}{'RSS MiB':>9}{'out MiB':>9}"
     print(hdr)
     for r in modes:

@@ -180,59 +180,50 @@ class _SubmConvFn(torch.autograd.Function):
         return gx, gw, None
 
 
-class _DownConvFn(torch.autograd.Function):
+def _grouped_mm(x: torch.Tensor, w: torch.Tensor, dmap: _DownMap, to_fine: bool, transpose: bool) -> torch.Tensor:
+    """Apply each offset's weight between fine and coarse rows of `dmap`.
+
+    Towards coarse rows (``to_fine`` False) the contributions of a coarse row's fine rows are
+    summed; towards fine rows each fine row receives exactly one coarse row, so it is copied.
+    ``transpose`` multiplies by ``w[k].T`` (the backward of the other direction).
+    """
+    cols = w.shape[1] if transpose else w.shape[2]  # w: (offsets, C_in, C_out)
+    out = x.new_empty((dmap.num_fine, cols)) if to_fine else x.new_zeros((dmap.num_coarse, cols))
+    for k, fine, coarse in dmap.groups:
+        src, dst = (coarse, fine) if to_fine else (fine, coarse)
+        y = x.index_select(0, src).mm(w[k].t() if transpose else w[k])
+        if to_fine:
+            out.index_copy_(0, dst, y)
+        else:
+            out.index_add_(0, dst, y)
+    return out
+
+
+class _StridedConvFn(torch.autograd.Function):
+    """Stride-2 2x2x2 convolution (``up`` False: fine -> coarse rows, summed) and its transpose
+    (``up`` True: coarse -> fine rows) over one map; each direction's input gradient is the other
+    direction applied with transposed weights."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, dmap: _DownMap) -> torch.Tensor:  # type: ignore[override]
-        out = x.new_zeros((dmap.num_coarse, w.shape[2]))
-        for k, fine, coarse in dmap.groups:
-            out.index_add_(0, coarse, x.index_select(0, fine).mm(w[k]))
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, dmap: _DownMap, up: bool) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, w)
-        ctx.dmap = dmap
-        return out
+        ctx.dmap, ctx.up = dmap, up
+        return _grouped_mm(x, w, dmap, to_fine=up, transpose=False)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         x, w = ctx.saved_tensors
         g = g.contiguous()
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        # Every fine row belongs to exactly one group, so gx is fully written by index_copy_.
-        gx = torch.empty_like(x) if need_x else None
-        gw = torch.zeros_like(w) if need_w else None
-        for k, fine, coarse in ctx.dmap.groups:
-            gk = g.index_select(0, coarse)
-            if gx is not None:
-                gx.index_copy_(0, fine, gk.mm(w[k].t()))
-            if gw is not None:
-                gw[k] = x.index_select(0, fine).t().mm(gk)
-        return gx, gw, None
-
-
-class _UpConvFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, dmap: _DownMap) -> torch.Tensor:  # type: ignore[override]
-        out = x.new_empty((dmap.num_fine, w.shape[2]))
-        for k, fine, coarse in dmap.groups:
-            out.index_copy_(0, fine, x.index_select(0, coarse).mm(w[k]))
-        ctx.save_for_backward(x, w)
-        ctx.dmap = dmap
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        x, w = ctx.saved_tensors
-        g = g.contiguous()
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        gx = torch.zeros_like(x) if need_x else None
-        gw = torch.zeros_like(w) if need_w else None
-        for k, fine, coarse in ctx.dmap.groups:
-            gk = g.index_select(0, fine)
-            if gx is not None:
-                gx.index_add_(0, coarse, gk.mm(w[k].t()))
-            if gw is not None:
-                gw[k] = x.index_select(0, coarse).t().mm(gk)
-        return gx, gw, None
+        dmap, up = ctx.dmap, ctx.up
+        gx = _grouped_mm(g, w, dmap, to_fine=not up, transpose=True) if ctx.needs_input_grad[0] else None
+        gw = None
+        if ctx.needs_input_grad[1]:
+            gw = torch.zeros_like(w)
+            for k, fine, coarse in dmap.groups:
+                x_rows, g_rows = (coarse, fine) if up else (fine, coarse)
+                gw[k] = x.index_select(0, x_rows).t().mm(g.index_select(0, g_rows))
+        return gx, gw, None, None
 
 
 def _amp_cast(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,7 +280,7 @@ class TorchBackend(SparseBackend):
         dmap = mgr.down_map(x.stride)
         feats, w = _amp_cast(x.feats, weight)
         with torch.autocast(x.feats.device.type, enabled=False):
-            out = _DownConvFn.apply(feats, w, dmap)
+            out = _StridedConvFn.apply(feats, w, dmap, False)
         s = 2 * x.stride
         return SparseTensor(mgr.levels[s].coords, out, s, manager=mgr, key=s)
 
@@ -300,7 +291,7 @@ class TorchBackend(SparseBackend):
         dmap = mgr.down_map(target.stride)
         feats, w = _amp_cast(x.feats, weight)
         with torch.autocast(x.feats.device.type, enabled=False):
-            out = _UpConvFn.apply(feats, w, dmap)
+            out = _StridedConvFn.apply(feats, w, dmap, True)
         s = target.stride
         return SparseTensor(mgr.levels[s].coords, out, s, manager=mgr, key=s)
 

@@ -183,6 +183,39 @@ def output_floor(n_bytes: int, work: Path, repeats: int = 3) -> dict[str, float]
     return {"write_s": float(np.median(write_t)), "sha256_s": float(np.median(hash_t))}
 
 
+def _parallel_child(root: str, seqs: list[str], out: str, workers: int, q: Any) -> None:
+    labels = load_label_manifest()
+    t = time.perf_counter()
+    fuse_dataset(root, out, seqs, FuseConfig(align="pose"), labels, workers=workers)
+    q.put((time.perf_counter() - t, 0.0))
+
+
+def parallel_scaling(root: Path, seq: str, work: Path, copies: int) -> list[dict[str, Any]]:
+    """`pose` over `copies` identical sequences with 1 worker and with `copies` workers."""
+    proot = work / "parallel"
+    names = [f"{90 + i:02d}" for i in range(copies)]
+    for name in names:
+        dst = proot / "sequences" / name
+        if not dst.exists():
+            shutil.copytree(root / "sequences" / seq, dst)
+    n = sum(len(Sequence(proot, s).frames) for s in names)
+    rows = []
+    for workers in (1, copies):
+        out = work / f"out_parallel_{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        os.sync()  # the copies are dirty pages: their write-back must not run during the timing
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        p = ctx.Process(target=_parallel_child, args=(str(proot), names, str(out), workers, q))
+        p.start()
+        elapsed, _ = q.get()
+        p.join()
+        rows.append({"sequences": copies, "workers": workers, "seconds": elapsed, "scans_per_s": n / elapsed})
+        shutil.rmtree(out)
+    shutil.rmtree(proot)
+    return rows
+
+
 def storage_matrix(root: Path, seq: str, work: Path, n_scans: int, n_reads: int) -> list[dict[str, Any]]:
     labels = load_label_manifest()
     spec = HardSpec.from_manifest(labels, None)
@@ -228,6 +261,8 @@ def main() -> None:
     ap.add_argument("--storage-scans", type=int, default=60, help="scans used for the storage comparison")
     ap.add_argument("--reads", type=int, default=100, help="random block reads per storage variant")
     ap.add_argument("--skip-storage", action="store_true")
+    ap.add_argument("--parallel", type=int, default=2,
+                    help="also fuse this many copies of the sequence with 1 and with N workers (0: skip)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -289,6 +324,13 @@ def main() -> None:
         comp = f"{r['compute_only_s']:.3f}" if "compute_only_s" in r else "-"
         print(f"{r['align']:<9}{r['seconds']:>8.3f}{r['scans_per_s']:>9.1f}{r['ratio_to_read']:>8.2f}"
               f"{comp:>11}{r['peak_rss_MiB']:>9.0f}{r['MiB']:>9.1f}")
+
+    if args.parallel > 1:
+        rows = parallel_scaling(root, args.sequence, work, args.parallel)
+        result["parallel"] = rows
+        print(f"\n{args.parallel} copies of the sequence, align pose ({os.cpu_count()} CPUs)")
+        for r in rows:
+            print(f"  --workers {r['workers']}: {r['seconds']:.3f} s = {r['scans_per_s']:.1f} scans/s in all")
 
     if not args.skip_storage:
         rows = storage_matrix(root, args.sequence, work, min(args.storage_scans, n), args.reads)

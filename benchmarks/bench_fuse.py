@@ -113,23 +113,28 @@ def _read_only(seq: Sequence) -> float:
     return time.perf_counter() - t
 
 
-def _fuse_child(root: str, seq: str, out: str, align: str, write: bool, q: Any) -> None:
+def _fuse_child(root: str, seqs: list[str], out: str, align: str, write: bool, workers: int, q: Any) -> None:
     labels = load_label_manifest()
     cfg = FuseConfig(align=align)  # type: ignore[arg-type]
     t = time.perf_counter()
     if write:
-        fuse_dataset(root, out, [seq], cfg, labels)
+        fuse_dataset(root, out, seqs, cfg, labels, workers=workers)
     else:
-        for _ in fuse_sequence(Sequence(Path(root), seq), HardSpec.from_manifest(labels, None), cfg):
-            pass
+        for seq in seqs:
+            for _ in fuse_sequence(Sequence(Path(root), seq), HardSpec.from_manifest(labels, None), cfg):
+                pass
     elapsed = time.perf_counter() - t
     q.put((elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
-def _run_child(*args: Any) -> tuple[float, float]:
+def _run_child(
+    root: str, seq: str | list[str], out: str, align: str, write: bool, workers: int = 1
+) -> tuple[float, float]:
+    """(seconds, peak RSS MiB) of one fusion run in a fresh process."""
+    seqs = [seq] if isinstance(seq, str) else seq
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_fuse_child, args=(*args, q))
+    p = ctx.Process(target=_fuse_child, args=(root, seqs, out, align, write, workers, q))
     p.start()
     res = q.get()
     p.join()
@@ -183,13 +188,6 @@ def output_floor(n_bytes: int, work: Path, repeats: int = 3) -> dict[str, float]
     return {"write_s": float(np.median(write_t)), "sha256_s": float(np.median(hash_t))}
 
 
-def _parallel_child(root: str, seqs: list[str], out: str, workers: int, q: Any) -> None:
-    labels = load_label_manifest()
-    t = time.perf_counter()
-    fuse_dataset(root, out, seqs, FuseConfig(align="pose"), labels, workers=workers)
-    q.put((time.perf_counter() - t, 0.0))
-
-
 def parallel_scaling(root: Path, seq: str, work: Path, copies: int) -> list[dict[str, Any]]:
     """`pose` over `copies` identical sequences with 1 worker and with `copies` workers."""
     proot = work / "parallel"
@@ -204,12 +202,7 @@ def parallel_scaling(root: Path, seq: str, work: Path, copies: int) -> list[dict
         out = work / f"out_parallel_{workers}"
         shutil.rmtree(out, ignore_errors=True)
         os.sync()  # the copies are dirty pages: their write-back must not run during the timing
-        ctx = mp.get_context("spawn")
-        q = ctx.Queue()
-        p = ctx.Process(target=_parallel_child, args=(str(proot), names, str(out), workers, q))
-        p.start()
-        elapsed, _ = q.get()
-        p.join()
+        elapsed, _ = _run_child(str(proot), names, str(out), "pose", True, workers)
         rows.append({"sequences": copies, "workers": workers, "seconds": elapsed, "scans_per_s": n / elapsed})
         shutil.rmtree(out)
     shutil.rmtree(proot)

@@ -26,15 +26,23 @@ def _segment_sums(values: np.ndarray, seg: np.ndarray, n: int) -> np.ndarray:
     return np.stack([np.bincount(seg, weights=values[:, c], minlength=n) for c in range(values.shape[1])], axis=1)
 
 
+def _segment_means(values: np.ndarray, seg: np.ndarray, n: int) -> np.ndarray:
+    """Per-segment column means (zero for empty segments)."""
+    return _segment_sums(values, seg, n) / np.maximum(np.bincount(seg, minlength=n), 1)[:, None]
+
+
+def concat_ranges(first: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``first[k] .. first[k] + counts[k] - 1`` for every k, back to back (no loop over k)."""
+    offsets = np.cumsum(counts) - counts
+    return np.arange(int(counts.sum())) + np.repeat(first - offsets, counts)
+
+
 def kabsch_segments(
     src: np.ndarray, dst: np.ndarray, seg: np.ndarray, n: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares rotations R (n,3,3) and translations t (n,3) with ``R_k @ src_i + t_k ~= dst_i``
     for the paired rows i of segment k. Segments without rows get the identity."""
-    count = np.bincount(seg, minlength=n).astype(np.float64)
-    safe = np.maximum(count, 1.0)[:, None]
-    cs = _segment_sums(src, seg, n) / safe
-    cd = _segment_sums(dst, seg, n) / safe
+    cs, cd = _segment_means(src, seg, n), _segment_means(dst, seg, n)
     ps, qd = src - cs[seg], dst - cd[seg]  # centred first: no cancellation far from the origin
     h = _segment_sums((ps[:, :, None] * qd[:, None, :]).reshape(-1, 9), seg, n).reshape(n, 3, 3)
     u, _, vt = np.linalg.svd(h)
@@ -44,7 +52,7 @@ def kabsch_segments(
     d[d == 0] = 1.0
     v[:, :, 2] *= d[:, None]
     rot = v @ ut
-    rot[count == 0] = np.eye(3)
+    rot[np.bincount(seg, minlength=n) == 0] = np.eye(3)
     t = cd - np.einsum("kij,kj->ki", rot, cs)
     return rot, t
 
@@ -84,8 +92,7 @@ class IcpBatchResult:
 def _segment_mean_capped(dist: np.ndarray, seg: np.ndarray, n: int, cap: float) -> np.ndarray:
     """Per-segment mean nearest-neighbour distance, each capped at `cap` so outliers count but
     do not dominate."""
-    count = np.bincount(seg, minlength=n)
-    return np.bincount(seg, weights=np.minimum(dist, cap), minlength=n) / np.maximum(count, 1)
+    return _segment_means(np.minimum(dist, cap)[:, None], seg, n)[:, 0]
 
 
 def _evenly_spread(counts: np.ndarray, cap: int, include: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +101,7 @@ def _evenly_spread(counts: np.ndarray, cap: int, include: np.ndarray) -> tuple[n
     take = np.where(include, np.minimum(counts, cap), 0)
     seg = np.repeat(np.arange(counts.shape[0]), take)
     first = np.cumsum(counts) - counts
-    pos = np.arange(seg.shape[0]) - np.repeat(np.cumsum(take) - take, take)
+    pos = concat_ranges(np.zeros_like(take), take)
     step = np.where(take > 1, (counts - 1) / np.maximum(take - 1, 1), 0.0)
     return first[seg] + (pos * step[seg]).astype(np.intp), seg
 
@@ -119,10 +126,9 @@ def icp_align_batch(
     """
     n = src_counts.shape[0]
     dst_counts = np.diff(dst_starts)[dst_index]
-    seg_all = np.repeat(np.arange(n), src_counts)
-    src_mean = _segment_sums(src, seg_all, n) / np.maximum(src_counts, 1)[:, None]
-    dst_seg = np.repeat(np.arange(dst_starts.shape[0] - 1), np.diff(dst_starts))
-    dst_mean = _segment_sums(dst, dst_seg, dst_starts.shape[0] - 1) / np.maximum(np.diff(dst_starts), 1)[:, None]
+    n_dst = dst_starts.shape[0] - 1
+    src_mean = _segment_means(src, np.repeat(np.arange(n), src_counts), n)
+    dst_mean = _segment_means(dst, np.repeat(np.arange(n_dst), np.diff(dst_starts)), n_dst)
     shift = dst_mean[dst_index] - src_mean
     rot_total = np.tile(np.eye(3), (n, 1, 1))
     t_total = shift.copy()
@@ -134,8 +140,9 @@ def icp_align_batch(
 
     # One tree over the targets used, instances apart along a 4th axis.
     used = np.unique(dst_index[eligible])
-    rows = np.concatenate([np.arange(dst_starts[j], dst_starts[j + 1]) for j in used])
-    tag = np.repeat(used, np.diff(dst_starts)[used]).astype(np.float64) * _SEPARATION
+    used_counts = np.diff(dst_starts)[used]
+    rows = concat_ranges(dst_starts[used], used_counts)
+    tag = np.repeat(used, used_counts).astype(np.float64) * _SEPARATION
     tree = cKDTree(np.column_stack([dst[rows], tag]))
     tree_xyz = tree.data[:, :3]
 

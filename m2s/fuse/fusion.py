@@ -23,7 +23,7 @@ import numpy as np
 
 from m2s.data.semantickitti import Sequence
 from m2s.errors import ConfigError
-from m2s.fuse.align import icp_align_batch
+from m2s.fuse.align import concat_ranges, icp_align_batch
 from m2s.fuse.config import FuseConfig
 from m2s.labels import LabelManifest
 
@@ -77,10 +77,6 @@ class HardPoints:
     centroid: np.ndarray  # float64 (U,3)
     moving: np.ndarray  # bool (U,): any point carries a moving-* raw id
     cls: np.ndarray  # int64 (U,): majority hard-class index
-
-    def instance_xyz(self, j: int) -> np.ndarray:
-        """float64 (n,3) rows of instance `j` (by position in `ids`)."""
-        return np.ascontiguousarray(self.coords[:, self.starts[j] : self.starts[j + 1]].T)
 
 
 def extract_hard(frame: int, points: np.ndarray, labels: np.ndarray, spec: HardSpec) -> HardPoints:
@@ -245,10 +241,9 @@ def _icp_refine(
     first = np.concatenate([j[0] for j in jobs])
     counts = np.concatenate([j[1] for j in jobs])
     target = np.concatenate([j[2] for j in jobs])
-    # Rows of all blocks back to back (loops over instances only, never over points).
-    rows = np.concatenate([np.arange(f, f + c) for f, c in zip(first.tolist(), counts.tolist())])
+    rows = concat_ranges(first, counts)  # all blocks back to back
     block = out_pts[rows, :3].astype(np.float64)
-    res = icp_align_batch(block, counts, np.ascontiguousarray(tgt.coords.T), tgt.starts, target, cfg.icp)
+    res = icp_align_batch(block, counts, tgt.coords.T, tgt.starts, target, cfg.icp)
     seg = np.repeat(np.arange(counts.shape[0]), counts)
     out_pts[rows, :3] = np.einsum("rij,rj->ri", res.rotation[seg], block) + res.translation[seg]
     if stats is not None:

@@ -35,6 +35,7 @@ from m2s.errors import ArtifactError, ConfigError, M2SError
 from m2s.labels import load_label_manifest
 from m2s.synth.config import SynthConfig
 from m2s.synth.sensor import render_scan
+from m2s.synth.truth import INSTANCE_POSES_NAME, write_instance_poses
 from m2s.synth.world import World, build_world
 
 ProgressFn = Callable[[int, int], None]  # (scans done, scans total)
@@ -51,12 +52,14 @@ class SequenceStats:
     scans: int = 0
     points: int = 0
     instance_points: dict[int, int] = field(default_factory=dict)  # instance id -> points, all scans
+    present: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> instance ids with points
 
     def merge(self, other: "SequenceStats") -> None:
         self.scans += other.scans
         self.points += other.points
         for k, v in other.instance_points.items():
             self.instance_points[k] = self.instance_points.get(k, 0) + v
+        self.present.update(other.present)
 
 
 def write_sequence_metadata(root: Path, world: World, labelled: bool) -> list[str]:
@@ -74,6 +77,30 @@ def write_sequence_metadata(root: Path, world: World, labelled: bool) -> list[st
     return [f"sequences/{world.sequence}/{name}" for name in _META_FILES]
 
 
+def write_sequence_truth(root: Path, world: World, present: dict[int, np.ndarray]) -> str:
+    """Write the ground-truth poses of the instances present in each scan (`instance_poses.txt`,
+    see :mod:`m2s.synth.truth`); returns the file relative to `root`.
+
+    Presence comes from the rendered labels, so the file is the same whichever process rendered
+    which scans; the poses come from the world alone.
+    """
+    frames, ids, mats = [], [], []
+    for f in sorted(present):
+        all_ids, poses = world.instance_poses(f)
+        keep = np.isin(all_ids, present[f])
+        frames.append(np.full(int(keep.sum()), f, dtype=np.int64))
+        ids.append(all_ids[keep])
+        mats.append(poses[keep])
+    empty = np.zeros(0, dtype=np.int64)
+    write_instance_poses(
+        sequence_dir(root, world.sequence) / INSTANCE_POSES_NAME,
+        np.concatenate(frames) if frames else empty,
+        np.concatenate(ids) if ids else empty,
+        np.concatenate(mats) if mats else np.zeros((0, 4, 4)),
+    )
+    return f"sequences/{world.sequence}/{INSTANCE_POSES_NAME}"
+
+
 def generate_sequence(
     root: str | Path,
     cfg: SynthConfig,
@@ -86,7 +113,9 @@ def generate_sequence(
     """Generate one sequence (or the scans `frames` of it) under `root/sequences/SS`.
 
     Deterministic: the bytes of a scan depend only on (cfg, sequence, frame). `progress` is
-    called with the number of scans written so far.
+    called with the number of scans written so far. With `write_metadata`, a labelled sequence
+    also gets its ground-truth `instance_poses.txt` for the generated frames (otherwise the caller
+    writes it from the returned `present` with :func:`write_sequence_truth`).
     """
     root = Path(root)
     world = build_world(cfg, sequence)
@@ -104,10 +133,15 @@ def generate_sequence(
         inst = scan.labels >> np.uint32(16)
         ids, counts = np.unique(inst[inst > 0], return_counts=True)
         stats.merge(
-            SequenceStats(sequence, labelled, 1, int(scan.points.shape[0]), dict(zip(ids.tolist(), counts.tolist())))
+            SequenceStats(
+                sequence, labelled, 1, int(scan.points.shape[0]), dict(zip(ids.tolist(), counts.tolist())),
+                {frame: ids.astype(np.int64)},
+            )
         )
         if progress is not None:
             progress(i)
+    if write_metadata and labelled:
+        write_sequence_truth(root, world, stats.present)
     return stats
 
 
@@ -215,8 +249,9 @@ def generate_dataset(
     (out / MARKER_NAME).write_text(json.dumps(dataset_config(cfg), sort_keys=True) + "\n")
 
     meta_files: list[str] = []
+    worlds = {seq: build_world(cfg, seq) for seq in cfg.all_sequences}
     for seq in cfg.all_sequences:
-        meta_files += write_sequence_metadata(out, build_world(cfg, seq), cfg.labelled(seq))
+        meta_files += write_sequence_metadata(out, worlds[seq], cfg.labelled(seq))
 
     total = cfg.scans * len(cfg.all_sequences)
     stats = {seq: SequenceStats(seq, cfg.labelled(seq)) for seq in cfg.all_sequences}
@@ -255,6 +290,11 @@ def generate_dataset(
                     done += part.scans
                     if progress is not None:
                         progress(done, total)
+
+    # Ground truth of labelled sequences only: a test split must not ship instance information.
+    for seq in cfg.all_sequences:
+        if cfg.labelled(seq):
+            meta_files.append(write_sequence_truth(out, worlds[seq], stats[seq].present))
 
     manifest = new_manifest(
         "dataset",

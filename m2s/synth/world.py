@@ -250,6 +250,16 @@ class _Builder:
         )
 
 
+def _poses_z(X: np.ndarray, Y: np.ndarray, Z: np.ndarray, heading: np.ndarray) -> np.ndarray:
+    """(N,4,4) rigid transforms: rotation `heading` about z, then translation (X, Y, Z)."""
+    n = np.broadcast(*(np.atleast_1d(v) for v in (X, Y, Z, heading))).shape[0]
+    out = np.tile(np.eye(4), (n, 1, 1))
+    c, s = np.cos(heading), np.sin(heading)
+    out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1] = c, -s, s, c
+    out[:, 0, 3], out[:, 1, 3], out[:, 2, 3] = X, Y, Z
+    return out
+
+
 @dataclass(frozen=True)
 class Actors:
     """Moving things: parts in actor frames (posed at the origin), moved along the street."""
@@ -262,11 +272,28 @@ class Actors:
     base_z: np.ndarray  # (A,) ground height under the actor
     t_ref: float
 
+    def placement(self, street: Street, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World (X, Y, heading) of every actor's origin at time `t` (heading includes the turn
+        of actors driving towards -x)."""
+        X, Y, heading = street.place(self.x_ref + self.speed * (t - self.t_ref), self.d)
+        return X, Y, heading + np.where(self.speed < 0, np.pi, 0.0)
+
+    @property
+    def instance(self) -> np.ndarray:
+        """(A,) instance id of every actor."""
+        inst = np.zeros(self.x_ref.shape[0], dtype=np.int64)
+        inst[self.actor] = self.parts.inst
+        return inst
+
+    def poses(self, street: Street, t: float) -> np.ndarray:
+        """(A,4,4) world_from_actor at time `t`: the frame the actor's parts are defined in."""
+        X, Y, heading = self.placement(street, t)
+        return _poses_z(X, Y, self.base_z, heading)
+
     def at(self, street: Street, t: float) -> Prims:
         if not len(self.parts):
             return Prims.empty()
-        X, Y, heading = street.place(self.x_ref + self.speed * (t - self.t_ref), self.d)
-        heading = heading + np.where(self.speed < 0, np.pi, 0.0)
+        X, Y, heading = self.placement(street, t)
         a = self.actor
         c, s = np.cos(heading)[a], np.sin(heading)[a]
         p = self.parts.center
@@ -290,6 +317,18 @@ class World:
     tr: np.ndarray  # 4x4 LiDAR -> camera
     calib: dict[str, np.ndarray]
     instance_class: dict[int, int]  # instance id -> static raw id of its class
+    static_ids: np.ndarray  # (K,) instance ids of the standing / parked things
+    static_poses: np.ndarray  # (K,4,4) their world_from_object (the frame their parts are defined in)
+
+    def instance_poses(self, frame: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ground truth of every thing instance in scan `frame`: ids (ascending) and
+        ``lidar_from_object`` (K,4,4), the object frame expressed in that scan's LiDAR frame
+        (a point ``p`` of the object at time t is ``lidar_from_object @ p`` in the scan)."""
+        moving = self.actors.poses(self.street, float(self.times[frame]))
+        ids = np.concatenate([self.static_ids, self.actors.instance])
+        world = np.concatenate([self.static_poses, moving])
+        order = np.argsort(ids, kind="stable")
+        return ids[order], np.linalg.inv(self.ego_world[frame]) @ world[order]
 
     @property
     def poses_lidar(self) -> np.ndarray:
@@ -440,7 +479,7 @@ def _fill(
 
 def _things(
     rng: np.random.Generator, street: Street, x_lo: float, x_hi: float, ego_mid: float, t_mid: float, duration: float
-) -> tuple[Prims, Actors, dict[int, int]]:
+) -> tuple[Prims, Actors, dict[int, int], np.ndarray, np.ndarray]:
     veh = ((CAR, 0.4), (TRUCK, 0.05), (OTHER_VEHICLE, 0.05), (MOTORCYCLIST, 0.06))
     v_same, v_opp = rng.uniform(9.0, 13.0), rng.uniform(8.0, 13.0)
     moving = [
@@ -484,6 +523,7 @@ def _things(
         forced_parked[int(rng.integers(2, 4))].append((kind, near()))
 
     instance_class: dict[int, int] = {}
+    static_pose: dict[int, tuple[float, float, float, float]] = {}  # inst -> X, Y, Z, heading
     static = _Builder()
     dyn = _Builder()
     x_ref, d_ref, speed, base_z = [], [], [], []
@@ -507,6 +547,7 @@ def _things(
                     skew = 0.4 if kind in (BICYCLE, MOTORCYCLE) else 0.05
                     turn = rng.choice([0.0, np.pi]) + rng.uniform(-skew, skew)
                     static.add(parts, float(X), float(Y), lane.z, float(hd) + float(turn), sem, inst, refl)
+                    static_pose[inst] = (float(X), float(Y), lane.z, float(hd) + float(turn))
     actors = Actors(
         parts=dyn.build(),
         actor=np.asarray(dyn.actor, dtype=np.int64),
@@ -516,7 +557,10 @@ def _things(
         base_z=np.asarray(base_z, dtype=np.float64),
         t_ref=t_mid,
     )
-    return static.build(), actors, instance_class
+    ids = np.asarray(sorted(static_pose), dtype=np.int64)
+    xyzh = np.asarray([static_pose[i] for i in ids.tolist()], dtype=np.float64).reshape(-1, 4)
+    poses = _poses_z(xyzh[:, 0], xyzh[:, 1], xyzh[:, 2], xyzh[:, 3]) if len(ids) else np.zeros((0, 4, 4))
+    return static.build(), actors, instance_class, ids, poses
 
 
 def build_world(cfg: SynthConfig, sequence: str) -> World:
@@ -543,7 +587,7 @@ def build_world(cfg: SynthConfig, sequence: str) -> World:
     scenery = _Builder()
     _scenery(scenery, rng, street, x_lo, x_hi)
     mid = n // 2
-    things, actors, instance_class = _things(
+    things, actors, instance_class, static_ids, static_poses = _things(
         rng, street, x_lo, x_hi, float(x_ego[mid]), float(times[mid]), float(times[-1])
     )
     if len(instance_class) > 0xFFFF:
@@ -560,4 +604,6 @@ def build_world(cfg: SynthConfig, sequence: str) -> World:
         tr=tr,
         calib=calib,
         instance_class=instance_class,
+        static_ids=static_ids,
+        static_poses=static_poses,
     )

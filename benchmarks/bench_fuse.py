@@ -2,7 +2,7 @@
 
 Measures, on one sequence:
   * the read-only baseline: reading every `.bin` + `.label` once (what fusion must at least do);
-  * `fuse_dataset` with --align pose / centroid / icp / auto (1 worker each, in a fresh process
+  * `fuse_dataset` with --align pose / centroid / icp / planar / auto (1 worker each, in a fresh process
     for a clean peak RSS): scans/s, ratio to the read-only time, peak RSS, output size;
   * the fusion compute alone (no HDF5 writing) for pose/centroid;
   * the cache storage layout: chunk rows x compression -> file size, write time and the time to
@@ -282,7 +282,7 @@ def main() -> None:
     read_s = min(_read_only(seq) for _ in range(2))
     result["read_only_s"] = read_s
     modes: list[dict[str, Any]] = []
-    for align in ("pose", "centroid", "icp", "auto"):
+    for align in ("pose", "centroid", "icp", "planar", "auto"):
         out = work / f"out_{align}"
         shutil.rmtree(out, ignore_errors=True)
         elapsed, rss = _run_child(str(root), args.sequence, str(out), align, True)

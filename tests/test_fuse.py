@@ -230,25 +230,25 @@ def test_moving_instance_centroid_and_icp(dataset: Path) -> None:
         assert r_icp < 0.05
 
 
-def test_auto_uses_pose_for_static_and_icp_for_moving(dataset: Path) -> None:
+def test_auto_uses_pose_for_static_and_planar_for_moving(dataset: Path) -> None:
     seq = Sequence(dataset, "00")
     auto = _blocks(seq, window=3, align="auto")[-1]
     pose = _blocks(seq, window=3, align="pose")[-1]
-    icp = _blocks(seq, window=3, align="icp")[-1]
+    planar = _blocks(seq, window=3, align="planar")[-1]
     np.testing.assert_array_equal(_instance_points(auto, STATIC_ID, True), _instance_points(pose, STATIC_ID, True))
-    np.testing.assert_array_equal(_instance_points(auto, WALKER_ID, True), _instance_points(icp, WALKER_ID, True))
+    np.testing.assert_array_equal(_instance_points(auto, WALKER_ID, True), _instance_points(planar, WALKER_ID, True))
 
 
 def test_auto_detects_motion_by_displacement(tmp_path: Path) -> None:
-    """A walker labelled as static `person` is still moving: caught by the centroid threshold."""
+    """A walker labelled as static `person` is still moving: caught by its displaced extremes."""
     seq = make_sequence(tmp_path, "00", 4)
     for f in seq.frames:
         pts, lab = seq.read_scan_and_labels(f)
         sem, ids = split_label_word(lab)
         write_labels(seq.label_path(f), make_label_word(np.where(sem == MOVING_PERSON, PERSON, sem), ids))
     auto = _blocks(seq, window=3, align="auto")[-1]
-    icp = _blocks(seq, window=3, align="icp")[-1]
-    np.testing.assert_array_equal(_instance_points(auto, WALKER_ID, True), _instance_points(icp, WALKER_ID, True))
+    planar = _blocks(seq, window=3, align="planar")[-1]
+    np.testing.assert_array_equal(_instance_points(auto, WALKER_ID, True), _instance_points(planar, WALKER_ID, True))
 
 
 def test_hard_class_override(dataset: Path) -> None:

@@ -14,7 +14,7 @@ from rich.table import Table
 from cli.common import handle_errors, out
 from m2s.data.semantickitti import parse_sequence_list
 from m2s.errors import ConfigError
-from m2s.fuse import FuseConfig, FuseProgress, IcpConfig, fuse_dataset
+from m2s.fuse import FuseConfig, FuseProgress, IcpConfig, PlanarConfig, fuse_dataset
 from m2s.labels import load_label_manifest
 
 
@@ -23,12 +23,13 @@ class AlignChoice(str, Enum):
     pose = "pose"
     centroid = "centroid"
     icp = "icp"
+    planar = "planar"
 
 
 def _make_config(**kwargs: object) -> FuseConfig:
     try:
-        icp = IcpConfig(iterations=kwargs.pop("icp_iterations"), min_points=kwargs.pop("icp_min_points"))
-        return FuseConfig(icp=icp, **kwargs)  # type: ignore[arg-type]
+        knobs = {"iterations": kwargs.pop("icp_iterations"), "min_points": kwargs.pop("icp_min_points")}
+        return FuseConfig(icp=IcpConfig(**knobs), planar=PlanarConfig(**knobs), **kwargs)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(map(str, first["loc"])) or "config"
@@ -49,10 +50,12 @@ def fuse(
     workers: int = typer.Option(1, "--workers", "-j", help="Sequences fused in parallel (processes)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Label manifest YAML (default: shipped)."),
     moving_threshold: float = typer.Option(
-        0.5, "--moving-threshold", help="auto: centroid displacement (m) above which an instance is moving."
+        0.5, "--moving-threshold", help="auto: extremes' displacement (m) above which a static-labelled instance moves."
     ),
-    icp_iterations: int = typer.Option(10, "--icp-iterations", help="ICP iterations."),
-    icp_min_points: int = typer.Option(10, "--icp-min-points", help="Fewer points than this: centroid only."),
+    icp_iterations: int = typer.Option(10, "--icp-iterations", help="ICP iterations (icp and planar)."),
+    icp_min_points: int = typer.Option(
+        10, "--icp-min-points", help="Fewer points than this: no ICP (icp: centroid, planar: extremes only)."
+    ),
 ) -> None:
     """Fuse hard-class instances from neighbouring scans into versioned HDF5 caches."""
     label_manifest = load_label_manifest(labels)

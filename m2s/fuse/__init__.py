@@ -14,11 +14,12 @@ from m2s.fuse.cache import (
     open_fused_cache,
     sequence_file,
 )
-from m2s.fuse.config import AlignMode, FuseConfig, IcpConfig
+from m2s.fuse.config import ALIGN_VERSION, AlignMode, FuseConfig, IcpConfig, PlanarConfig
 from m2s.fuse.fusion import FusedScan, HardSpec, fuse_sequence
 from m2s.fuse.run import FuseProgress, FuseResult, fuse_dataset
 
 __all__ = [
+    "ALIGN_VERSION",
     "AlignMode",
     "CacheStorage",
     "DEFAULT_STORAGE",
@@ -31,6 +32,7 @@ __all__ = [
     "FusedScan",
     "HardSpec",
     "IcpConfig",
+    "PlanarConfig",
     "fuse_dataset",
     "fuse_sequence",
     "open_fused_cache",

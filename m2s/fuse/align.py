@@ -4,6 +4,19 @@ All functions work on float64 (N,3) arrays already expressed in the target LiDAR
 (i.e. after the pose transform). :func:`icp_align_batch` aligns many instances at once: each ICP
 iteration is one KD-tree query and one batched SVD for all of them, instead of a Python loop
 over instances (the per-instance loop cost ~0.5 ms per instance in query/SVD call overhead).
+
+The `planar` alignment of moving objects (see :func:`extent_match` and ``planar=True`` of
+:func:`icp_align_batch`) rests on three observations, each measured against the synthetic ground
+truth (`benchmarks/bench_align.py`):
+
+* road users move on the ground: after the ego-pose transform their motion is a translation in x, y
+  and a turn about z; estimating z, roll and pitch from partial views only adds error (a vertical
+  side face leaves them unconstrained);
+* the centroid of a partial view moves with the view (a long vehicle shows its front face in one
+  scan and only its side in the next): the extreme of the object nearer to the sensor is seen
+  directly and is the stable reference, the far one is cut by self-occlusion and occluders;
+* point-to-point ICP in 3-D slides along planar faces towards the scan-line pattern (the LiDAR rings
+  drawn on a truck's side); in the bird's-eye view the rings of a face collapse onto one line.
 """
 
 from __future__ import annotations
@@ -38,12 +51,25 @@ def concat_ranges(first: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def kabsch_segments(
-    src: np.ndarray, dst: np.ndarray, seg: np.ndarray, n: int
+    src: np.ndarray, dst: np.ndarray, seg: np.ndarray, n: int, planar: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares rotations R (n,3,3) and translations t (n,3) with ``R_k @ src_i + t_k ~= dst_i``
-    for the paired rows i of segment k. Segments without rows get the identity."""
+    for the paired rows i of segment k. Segments without rows get the identity.
+
+    `planar`: the best rotation about z and translation in x, y only (z is left as it is),
+    fitted to the xy components."""
     cs, cd = _segment_means(src, seg, n), _segment_means(dst, seg, n)
     ps, qd = src - cs[seg], dst - cd[seg]  # centred first: no cancellation far from the origin
+    if planar:
+        # 2-D Kabsch in closed form: the angle maximising sum(q . R p) over the xy components.
+        sin = np.bincount(seg, weights=ps[:, 0] * qd[:, 1] - ps[:, 1] * qd[:, 0], minlength=n)
+        cos = np.bincount(seg, weights=ps[:, 0] * qd[:, 0] + ps[:, 1] * qd[:, 1], minlength=n)
+        ang = np.arctan2(sin, cos)
+        rot = np.tile(np.eye(3), (n, 1, 1))
+        rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1] = np.cos(ang), -np.sin(ang), np.sin(ang), np.cos(ang)
+        t = cd - np.einsum("kij,kj->ki", rot, cs)
+        t[:, 2] = 0.0
+        return rot, t
     h = _segment_sums((ps[:, :, None] * qd[:, None, :]).reshape(-1, 9), seg, n).reshape(n, 3, 3)
     u, _, vt = np.linalg.svd(h)
     v, ut = vt.transpose(0, 2, 1), u.transpose(0, 2, 1)
@@ -79,8 +105,8 @@ class IcpBatchResult:
     rotation: np.ndarray  # (U,3,3)
     translation: np.ndarray  # (U,3)
     residual: np.ndarray  # (U,) capped mean nearest-neighbour distance (nan when too small)
-    centroid_residual: np.ndarray  # (U,) the same after the centroid shift only
-    used_icp: np.ndarray  # (U,) bool; False: fell back to the centroid shift
+    centroid_residual: np.ndarray  # (U,) the same after the initial shift only (centroid, or `init`)
+    used_icp: np.ndarray  # (U,) bool; False: fell back to the initial shift
 
     def __getitem__(self, k: int) -> IcpResult:
         return IcpResult(
@@ -106,6 +132,77 @@ def _evenly_spread(counts: np.ndarray, cap: int, include: np.ndarray) -> tuple[n
     return first[seg] + (pos * step[seg]).astype(np.intp), seg
 
 
+def _segment_starts(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+
+
+def box_yaw(xyz: np.ndarray, starts: np.ndarray, steps: int = 18, max_points: int = 64) -> np.ndarray:
+    """Per segment (rows ``starts[k]:starts[k+1]``, none empty), the yaw in [0, pi/2) of the
+    rectangle that its xy points hug best, searched in `steps` steps on at most `max_points`
+    evenly spread points: the object's axes, up to a quarter turn (U,).
+
+    "Hug best" is the smallest mean distance of the points to the nearest side of their bounding
+    rectangle in those axes. A LiDAR sees one or two faces of a vehicle (an I or an L), which lie
+    on the sides of its true box; the smallest-area rectangle is ambiguous for an L (its convex
+    hull is a right triangle, and the rectangle on the hypotenuse has the same area).
+    """
+    n = starts.shape[0] - 1
+    pick, seg = _evenly_spread(np.diff(starts), max_points, np.ones(n, dtype=bool))
+    first = _segment_starts(np.bincount(seg, minlength=n))[:-1]
+    ang = np.arange(steps) * (0.5 * np.pi / steps)
+    x, y = xyz[pick, :1], xyz[pick, 1:2]
+    u = x * np.cos(ang) + y * np.sin(ang)  # (M, steps): every candidate axis at once
+    v = y * np.cos(ang) - x * np.sin(ang)
+    gap = np.minimum(
+        np.minimum(u - np.minimum.reduceat(u, first)[seg], np.maximum.reduceat(u, first)[seg] - u),
+        np.minimum(v - np.minimum.reduceat(v, first)[seg], np.maximum.reduceat(v, first)[seg] - v),
+    )
+    return ang[np.add.reduceat(gap, first).argmin(axis=1)]
+
+
+def box_extents(xyz: np.ndarray, starts: np.ndarray, yaw: np.ndarray) -> np.ndarray:
+    """Per segment (none empty), ``(min u, max u, min v, max v)`` of its xy points along the axes
+    ``u = (cos yaw, sin yaw)``, ``v = (-sin yaw, cos yaw)`` (U,4)."""
+    first = starts[:-1]
+    seg = np.repeat(np.arange(first.shape[0]), np.diff(starts))
+    c, s = np.cos(yaw)[seg], np.sin(yaw)[seg]
+    u = c * xyz[:, 0] + s * xyz[:, 1]
+    v = c * xyz[:, 1] - s * xyz[:, 0]
+    return np.column_stack(
+        [np.minimum.reduceat(u, first), np.maximum.reduceat(u, first),
+         np.minimum.reduceat(v, first), np.maximum.reduceat(v, first)]
+    )
+
+
+@dataclass(frozen=True)
+class ExtentMatch:
+    shift: np.ndarray  # (U,3) translation (z = 0) bringing each source extreme chosen onto the target's
+    displacement: np.ndarray  # (U,) how far both extremes moved the same way (metres): motion evidence
+
+
+def extent_match(src_ext: np.ndarray, dst_ext: np.ndarray, yaw: np.ndarray, src_sensor: np.ndarray) -> ExtentMatch:
+    """Translate pose-aligned instances onto their target by their extremes (:func:`box_extents`
+    of both in the same axes `yaw`), axis by axis.
+
+    On each axis the extreme nearer to the sensors is matched (the smaller sum of its distances
+    along the axis to the target's sensor, at the origin, and to the source's, at `src_sensor`
+    (U,2) in the target frame): the near end of an object is seen directly, the far end is where
+    self-occlusion, grazing rays and occluders cut the view. `displacement` counts a move on an
+    axis only when both extremes moved the same way (by the smaller of the two), so a view that
+    merely grew or shrank (an occluder, another face coming into view) is no evidence of motion.
+    """
+    lo, hi = dst_ext[:, [0, 2]] - src_ext[:, [0, 2]], dst_ext[:, [1, 3]] - src_ext[:, [1, 3]]
+    c, s = np.cos(yaw), np.sin(yaw)
+    sensor = np.column_stack([c * src_sensor[:, 0] + s * src_sensor[:, 1], c * src_sensor[:, 1] - s * src_sensor[:, 0]])
+    near_lo = np.abs(dst_ext[:, [0, 2]]) + np.abs(src_ext[:, [0, 2]] - sensor)
+    near_hi = np.abs(dst_ext[:, [1, 3]]) + np.abs(src_ext[:, [1, 3]] - sensor)
+    d = np.where(near_lo <= near_hi, lo, hi)  # (U,2) along u, v
+    shift = np.column_stack([c * d[:, 0] - s * d[:, 1], s * d[:, 0] + c * d[:, 1], np.zeros(yaw.shape[0])])
+    same_way = np.sign(lo) == np.sign(hi)
+    both = np.where(same_way, np.minimum(np.abs(lo), np.abs(hi)), 0.0)
+    return ExtentMatch(shift, np.linalg.norm(both, axis=1))
+
+
 def icp_align_batch(
     src: np.ndarray,
     src_counts: np.ndarray,
@@ -113,23 +210,31 @@ def icp_align_batch(
     dst_starts: np.ndarray,
     dst_index: np.ndarray,
     cfg: IcpConfig,
+    init: np.ndarray | None = None,
+    planar: bool = False,
 ) -> IcpBatchResult:
-    """Centroid shift, then point-to-point ICP, for U instances at once.
+    """Initial shift (the centroid shift, or `init` (U,3)), then point-to-point ICP, for U
+    instances at once.
 
     `src` (M,3) holds the instances' points back to back, `src_counts` (U,) rows each; instance k
     is aligned onto rows ``dst_starts[j]:dst_starts[j+1]`` of `dst` with ``j = dst_index[k]``.
     Per instance, exactly the single-instance algorithm: the transform is estimated from at most
     `cfg.max_points` evenly spread points, iterations stop when the capped mean residual improves
     by less than `cfg.tolerance`, and the ICP result is kept only if it is not worse than the
-    centroid shift's, so `icp` is never worse than `centroid` on the metric it optimises.
-    Instances with fewer than `cfg.min_points` points on either side fall back to the centroid.
+    initial shift's, so `icp` is never worse than `centroid` on the metric it optimises.
+    Instances with fewer than `cfg.min_points` points on either side keep the initial shift.
+    `planar`: correspondences and residuals in the bird's-eye view (xy), transforms a turn about
+    z plus an xy translation (z keeps its initial shift).
     """
     n = src_counts.shape[0]
     dst_counts = np.diff(dst_starts)[dst_index]
     n_dst = dst_starts.shape[0] - 1
-    src_mean = _segment_means(src, np.repeat(np.arange(n), src_counts), n)
-    dst_mean = _segment_means(dst, np.repeat(np.arange(n_dst), np.diff(dst_starts)), n_dst)
-    shift = dst_mean[dst_index] - src_mean
+    if init is None:
+        src_mean = _segment_means(src, np.repeat(np.arange(n), src_counts), n)
+        dst_mean = _segment_means(dst, np.repeat(np.arange(n_dst), np.diff(dst_starts)), n_dst)
+        shift = dst_mean[dst_index] - src_mean
+    else:
+        shift = np.asarray(init, dtype=np.float64)
     rot_total = np.tile(np.eye(3), (n, 1, 1))
     t_total = shift.copy()
     base = np.full(n, np.nan)
@@ -143,8 +248,9 @@ def icp_align_batch(
     used_counts = np.diff(dst_starts)[used]
     rows = concat_ranges(dst_starts[used], used_counts)
     tag = np.repeat(used, used_counts).astype(np.float64) * _SEPARATION
-    tree = cKDTree(np.column_stack([dst[rows], tag]))
-    tree_xyz = tree.data[:, :3]
+    dims = 2 if planar else 3
+    tree_xyz = dst[rows]
+    tree = cKDTree(np.column_stack([tree_xyz[:, :dims], tag]))
 
     pick, seg = _evenly_spread(src_counts, cfg.max_points, eligible)
     cur = src[pick] + shift[seg]
@@ -153,7 +259,7 @@ def icp_align_batch(
 
     def nearest(rows_: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
         # distance_upper_bound prunes the search; pairs farther than `cap` come back as inf.
-        return tree.query(np.column_stack([cur[rows_], query_tag[rows_]]), k=1, distance_upper_bound=cap)
+        return tree.query(np.column_stack([cur[rows_, :dims], query_tag[rows_]]), k=1, distance_upper_bound=cap)
 
     dist, idx = nearest(slice(None))
     base = np.where(eligible, _segment_mean_capped(dist, seg, n, cap), np.nan)
@@ -165,7 +271,7 @@ def icp_align_batch(
         if not active.any():
             break
         keep &= active[seg]
-        rot, t = kabsch_segments(cur[keep], tree_xyz[idx[keep]], seg[keep], n)
+        rot, t = kabsch_segments(cur[keep], tree_xyz[idx[keep]], seg[keep], n, planar)
         moving = np.flatnonzero(active[seg])
         s = seg[moving]
         cur[moving] = np.einsum("rij,rj->ri", rot[s], cur[moving]) + t[s]

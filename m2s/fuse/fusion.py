@@ -23,7 +23,7 @@ import numpy as np
 
 from m2s.data.semantickitti import Sequence
 from m2s.errors import ConfigError
-from m2s.fuse.align import concat_ranges, icp_align_batch
+from m2s.fuse.align import ExtentMatch, box_extents, box_yaw, concat_ranges, extent_match, icp_align_batch
 from m2s.fuse.config import FuseConfig
 from m2s.labels import LabelManifest
 
@@ -186,6 +186,9 @@ def _rigid_into(
         out[:, k] = col
 
 
+_ALIGN_COUNTERS = ("pose", "centroid", "icp", "icp_fallback", "planar", "planar_fallback")
+
+
 @dataclass
 class SequenceStats:
     """Per-class counters of one sequence (JSON-friendly via :meth:`to_dict`)."""
@@ -195,7 +198,7 @@ class SequenceStats:
     single_points: np.ndarray = field(init=False)  # sum of points per instance in its own scan
     fused_points: np.ndarray = field(init=False)  # the same after fusion
     unique_ids: list[set[int]] = field(init=False)
-    aligned: dict[str, int] = field(default_factory=lambda: {"pose": 0, "centroid": 0, "icp": 0, "icp_fallback": 0})
+    aligned: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_ALIGN_COUNTERS, 0))
     scans: int = 0
     rows: int = 0
     fused_rows: int = 0
@@ -230,26 +233,60 @@ def _neighbours(frames_in_window: list[int], f: int, cfg: FuseConfig) -> list[in
     return [g for g in frames_in_window if lo <= g <= hi and g != f]
 
 
+# An ICP job: (first output row of each instance block, its rows, its target instance index,
+# initial shift (U,3) or None for the centroid shift).
+IcpJob = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
+
+
 def _icp_refine(
     out_pts: np.ndarray,
     tgt: HardPoints,
-    jobs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    jobs: list[IcpJob],
     cfg: FuseConfig,
     stats: SequenceStats | None,
+    planar: bool = False,
 ) -> None:
-    """ICP of every instance block listed in `jobs` onto its target instance, in one batch, in place."""
+    """ICP of every instance block listed in `jobs` onto its target instance, in one batch, in
+    place: `icp` (centroid start, 3-D) or, with `planar`, `planar` (extremes start, bird's-eye)."""
     first = np.concatenate([j[0] for j in jobs])
     counts = np.concatenate([j[1] for j in jobs])
     target = np.concatenate([j[2] for j in jobs])
+    init = np.concatenate([j[3] for j in jobs if j[3] is not None]) if planar else None
     rows = concat_ranges(first, counts)  # all blocks back to back
     block = out_pts[rows, :3].astype(np.float64)
-    res = icp_align_batch(block, counts, tgt.coords.T, tgt.starts, target, cfg.icp)
+    icp_cfg = cfg.planar if planar else cfg.icp
+    res = icp_align_batch(block, counts, tgt.coords.T, tgt.starts, target, icp_cfg, init, planar)
     seg = np.repeat(np.arange(counts.shape[0]), counts)
     out_pts[rows, :3] = np.einsum("rij,rj->ri", res.rotation[seg], block) + res.translation[seg]
     if stats is not None:
+        key = "planar" if planar else "icp"
         used = int(res.used_icp.sum())
-        stats.aligned["icp"] += used
-        stats.aligned["icp_fallback"] += int(counts.shape[0] - used)
+        stats.aligned[key] += used
+        stats.aligned[f"{key}_fallback"] += int(counts.shape[0] - used)
+
+
+@dataclass
+class _TargetBoxes:
+    """Per target instance: the axes of its bounding rectangle and its extremes along them."""
+
+    yaw: np.ndarray  # (U,)
+    ext: np.ndarray  # (U,4)
+
+    @classmethod
+    def of(cls, tgt: HardPoints, steps: int) -> "_TargetBoxes":
+        xyz = tgt.coords.T
+        yaw = box_yaw(xyz, tgt.starts, steps)
+        return cls(yaw, box_extents(xyz, tgt.starts, yaw))
+
+
+def _extent_match(
+    boxes: _TargetBoxes, pts: np.ndarray, counts: np.ndarray, tidx: np.ndarray, rel: np.ndarray
+) -> ExtentMatch:
+    """:func:`extent_match` of the pose-aligned instance blocks `pts` (rows of `counts`) onto their
+    target instances `tidx`, in the target instances' axes."""
+    yaw = boxes.yaw[tidx]
+    src_ext = box_extents(pts, np.concatenate(([0], np.cumsum(counts))), yaw)
+    return extent_match(src_ext, boxes.ext[tidx], yaw, np.broadcast_to(rel[:2, 3], (counts.shape[0], 2)))
 
 
 def fuse_target(
@@ -278,7 +315,11 @@ def fuse_target(
     out_pts = np.empty((total, 4), dtype=np.float32)
     out_word = np.empty(total, dtype=np.uint32)
     out_src = np.empty(total, dtype=np.int32)
-    icp_jobs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (first row, rows, target instance)
+    icp_jobs: list[IcpJob] = []
+    planar_jobs: list[IcpJob] = []
+    # auto needs the extremes of every instance (motion test), planar of every one it aligns.
+    use_boxes = cfg.align in ("auto", "planar") and tgt.ids.shape[0] > 0
+    boxes = _TargetBoxes.of(tgt, cfg.planar.yaw_steps) if use_boxes else None
     a = 0
     for src, rel, common, mask, n_rows in plan:
         b = a + n_rows
@@ -288,32 +329,40 @@ def fuse_target(
         shift = tgt.centroid[tidx] - c_src
         n = counts.shape[0]
         none = np.zeros(n, dtype=bool)
-        if cfg.align == "pose":
-            use_centroid, use_icp = none, none
-        elif cfg.align == "centroid":
-            use_centroid, use_icp = ~none, none
+        use_centroid, use_icp, use_planar = none, none, none
+        if cfg.align == "centroid":
+            use_centroid = ~none
         elif cfg.align == "icp":
-            use_centroid, use_icp = none, ~none
-        else:  # auto: moving by label or by a displaced pose-aligned centroid
-            disp = np.linalg.norm(shift, axis=1)
-            use_centroid = none
-            use_icp = src.moving[common] | tgt.moving[tidx] | (disp > cfg.moving_threshold)
+            use_icp = ~none
+        elif cfg.align == "planar":
+            use_planar = ~none
         inst_shift = np.where(use_centroid[:, None], shift, 0.0) if use_centroid.any() else None
         _rigid_into(out_pts[a:b], src.coords, mask, rel, inst_shift, counts)
         out_pts[a:b, 3] = src.rem if mask is None else src.rem[mask]
         out_word[a:b] = src.word if mask is None else src.word[mask]
         out_src[a:b] = src.frame
+        starts = a + np.concatenate(([0], np.cumsum(counts)))
+        if boxes is not None:
+            match = _extent_match(boxes, out_pts[a:b, :3].astype(np.float64), counts, tidx, rel)
+            if cfg.align == "auto":
+                # Moving by its label in either scan, or because its extremes moved (a label can be
+                # wrong; a centroid moves with the view, extremes that all move the same way do not).
+                use_planar = src.moving[common] | tgt.moving[tidx] | (match.displacement > cfg.moving_threshold)
+            k = np.flatnonzero(use_planar)
+            if k.shape[0]:
+                planar_jobs.append((starts[k], counts[k], tidx[k], match.shift[k]))
         if use_icp.any():
-            starts = a + np.concatenate(([0], np.cumsum(counts)))
             k = np.flatnonzero(use_icp)
-            icp_jobs.append((starts[k], counts[k], tidx[k]))
+            icp_jobs.append((starts[k], counts[k], tidx[k], None))
         if stats is not None:
-            stats.aligned["pose"] += int(n - use_centroid.sum() - use_icp.sum())
+            stats.aligned["pose"] += int(n - use_centroid.sum() - use_icp.sum() - use_planar.sum())
             stats.aligned["centroid"] += int(use_centroid.sum())
         fused_count += np.bincount(tidx, weights=counts, minlength=fused_count.shape[0]).astype(np.int64)
         a = b
     if icp_jobs:
         _icp_refine(out_pts, tgt, icp_jobs, cfg, stats)
+    if planar_jobs:
+        _icp_refine(out_pts, tgt, planar_jobs, cfg, stats, planar=True)
     return out_pts, out_word, out_src, fused_count
 
 

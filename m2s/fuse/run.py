@@ -37,7 +37,7 @@ from m2s.fuse.cache import (
     sequence_file,
     write_sequence_file,
 )
-from m2s.fuse.config import FuseConfig
+from m2s.fuse.config import ALIGN_VERSION, FuseConfig
 from m2s.fuse.fusion import HardSpec, SequenceStats, fuse_sequence
 from m2s.io_utils import sha256_file
 from m2s.labels import LabelManifest
@@ -93,6 +93,8 @@ def _config_dict(
         "align": cfg.align,
         "moving_threshold": cfg.moving_threshold,
         "icp": cfg.icp.model_dump(),
+        "planar": cfg.planar.model_dump(),
+        "align_version": ALIGN_VERSION,
         "hard_classes": {"names": spec.class_names, "raw_ids": [int(r) for r in spec.raw_ids]},
         "label_digest": labels.digest(),
         "storage": storage.model_dump(),

@@ -190,3 +190,12 @@ def test_auto_on_synthetic_data_beats_the_centroid_and_icp(synth: Path) -> None:
     assert (auto[~moving] > 2e-3).mean() < 0.01
     assert auto[moving].mean() < 0.5 * min(icp[moving].mean(), centroid[moving].mean())
     assert np.percentile(auto[moving], 90) < 0.2
+
+
+def test_cache_config_carries_the_align_version(synth: Path, tmp_path: Path) -> None:
+    """A cache made before `auto` changed (no or an older align_version) is never up to date."""
+    from m2s.fuse import ALIGN_VERSION, fuse_dataset
+
+    res = fuse_dataset(synth, tmp_path / "fused", ["00"], FuseConfig(window=1), LABELS)
+    assert res.manifest.config["align_version"] == ALIGN_VERSION
+    assert res.manifest.config["planar"] == PlanarConfig().model_dump()

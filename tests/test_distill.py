@@ -144,3 +144,67 @@ def test_distill_module_terms_and_teacher_stays_frozen(tiny_data, teacher):
     assert all(torch.equal(before[k], v) for k, v in loaded.net.state_dict().items())  # BN stats frozen
     assert all(not k.startswith("_teacher") for k in module.state_dict())
     assert any(p.grad is not None for p in module.adapters.parameters())
+
+
+JOINT = {"mode": "joint", "logit_weight": 5.0, "affinity_weight": 1.0, "fused_ce_weight": 0.2}
+
+
+def test_joint_mode_needs_no_teacher_artifact_and_logs_its_fused_branch(tiny_data, teacher, tmp_path):
+    cfg = _student_config(tiny_data, tmp_path, **{k: v for k, v in JOINT.items() if k != "mode"})
+    out = tmp_path / "joint"
+    res = CliRunner().invoke(app, _distill_cli(tiny_data, out, cfg, "--mode", "joint"))
+    assert res.exit_code == 0, res.output
+    manifest = load_artifact(out, "model")
+    assert manifest.config["role"] == "student" and manifest.config["teacher_id"] is None
+    assert manifest.config["distill"]["mode"] == "joint"
+    assert not any(i.kind == "model" for i in manifest.inputs)
+    steps = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["event"] == "step"]
+    for term in ("ce", "lovasz", "ce_fused", "kd_logit", "kd_affinity"):
+        assert term in steps[-1], term
+    # A teacher artifact has no place in joint mode.
+    res = CliRunner().invoke(app, _distill_cli(tiny_data, tmp_path / "j2", cfg, "--mode", "joint", "--teacher", str(teacher)))
+    assert res.exit_code == 1 and "joint" in res.output
+
+
+def _joint_module_and_batch(tiny_data, **distill):
+    labels = load_label_manifest()
+    cfg = build_config(StudentConfig, tiny_data.config, {})
+    cfg = cfg.model_copy(update={"distill": cfg.distill.model_validate(distill)})
+    module = DistillModule(build_model(cfg.model, "torch"), SegmentationLoss(cfg.loss, None), cfg, labels, None)
+    ds = ScanDataset([open_fused_cache(tiny_data.train_cache)], labels, cfg.voxel, ("fused", "single"), seed=0)
+    batch = collate_views([ds[len(ds) - 1], ds[len(ds) - 3]])
+    batch.views["fused"].feats.requires_grad_(True)
+    batch.views["single"].feats.requires_grad_(True)
+    return module.train(), batch
+
+
+def test_joint_fused_branch_learns_from_its_ce_and_never_from_kd(tiny_data):
+    # KD on, fused CE off: the fused branch is only a (detached) target -> no gradient reaches it.
+    module, batch = _joint_module_and_batch(tiny_data, **(JOINT | {"fused_ce_weight": 0.0}))
+    loss, terms = module(batch, 1.0)
+    assert terms["kd_logit"] > 0 and "ce_fused" not in terms
+    loss.backward()
+    fused_grad = batch.views["fused"].feats.grad
+    assert fused_grad is None or float(fused_grad.abs().sum()) == 0.0
+    assert float(batch.views["single"].feats.grad.abs().sum()) > 0
+    # Fused CE on: the fused branch gets gradients (only on voxels whose label fusion changed).
+    module, batch = _joint_module_and_batch(tiny_data, **JOINT)
+    loss, terms = module(batch, 1.0)
+    assert terms["ce_fused"] > 0
+    loss.backward()
+    assert float(batch.views["fused"].feats.grad.abs().sum()) > 0
+
+
+def test_joint_fused_ce_only_supervises_voxels_whose_label_fusion_changed(tiny_data):
+    from m2s.distill.correspondence import lookup_voxels
+
+    module, batch = _joint_module_and_batch(tiny_data, **(JOINT | {"logit_weight": 0.0, "affinity_weight": 0.0}))
+    single, fused = batch.views["single"], batch.views["fused"]
+    rows, found = lookup_voxels(fused.coords, single.coords)
+    changed = ~found | (single.voxel_labels[rows] != fused.voxel_labels)
+    assert changed.any() and not changed.all()
+    _, terms = module(batch, 1.0)
+    logits = module.net(torch_sparse(fused)).detach()
+    target = torch.where(changed & (fused.voxel_labels != 0), fused.voxel_labels, torch.zeros_like(fused.voxel_labels))
+    expected = 0.2 * torch.nn.functional.cross_entropy(logits, target, ignore_index=0)
+    assert float(terms["ce_fused"]) == pytest.approx(float(expected), rel=1e-4)

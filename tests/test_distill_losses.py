@@ -18,6 +18,7 @@ from m2s.distill.losses import (
     feature_kd,
     hard_mask,
     instance_affinity_kd,
+    class_affinity_kd,
     logit_kd,
     voxel_weights,
 )
@@ -134,39 +135,76 @@ def test_logit_kd_hand_computed_two_voxels() -> None:
     student = torch.tensor([[0.0, 0.0], [0.0, math.log(2.0)]])
     kl0 = _kl([0.75, 0.25], [0.5, 0.5])
     kl1 = _kl([0.5, 0.5], [1 / 3, 2 / 3])
-    got = logit_kd(student, teacher, temperature=1.0)
+    kw = {"temperature": 1.0, "reduction": "kl_t2"}
+    got = logit_kd(student, teacher, **kw)
     assert got.item() == pytest.approx((kl0 + kl1) / 2, rel=1e-5)
-    weighted = logit_kd(student, teacher, temperature=1.0, weights=torch.tensor([1.0, 3.0]))
+    weighted = logit_kd(student, teacher, weights=torch.tensor([1.0, 3.0]), **kw)
     assert weighted.item() == pytest.approx((kl0 + 3 * kl1) / 4, rel=1e-5)
-    only0 = logit_kd(student, teacher, temperature=1.0, weights=torch.tensor([1.0, 0.0]))
+    only0 = logit_kd(student, teacher, weights=torch.tensor([1.0, 0.0]), **kw)
     assert only0.item() == pytest.approx(kl0, rel=1e-5)
     # A voxel whose KL is below min_term leaves the mean (kl1 ~ 0.059 < 0.1 < kl0 ~ 0.131).
     assert kl1 < 0.1 < kl0
-    assert logit_kd(student, teacher, 1.0, min_term=0.1).item() == pytest.approx(kl0, rel=1e-5)
+    assert logit_kd(student, teacher, min_term=0.1, **kw).item() == pytest.approx(kl0, rel=1e-5)
+
+
+def _official_term(pt: list[float], ps: list[float]) -> float:
+    """The M2SKD code's per-voxel value, written out: mean_c p_t |log((p_t+1e-6)/(p_s+1e-6))|."""
+    return sum(a * abs(math.log((a + 1e-6) / (b + 1e-6))) for a, b in zip(pt, ps)) / len(pt)
+
+
+def test_logit_kd_official_hand_computed() -> None:
+    # Three voxels, 3 classes, temperature 1/0.3 (softmax(0.3 * logits)), weight 1 (the module
+    # multiplies by logit_weight). Voxel 2 has student == teacher: its term 0 is <= 0.01 and drops.
+    t_logits = torch.tensor([[10.0, 0.0, 0.0], [0.0, 5.0, 0.0], [1.0, 2.0, 3.0]])
+    s_logits = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 10.0], [1.0, 2.0, 3.0]])
+
+    def probs(row: list[float]) -> list[float]:
+        e = [math.exp(0.3 * v) for v in row]
+        return [v / sum(e) for v in e]
+
+    terms = [_official_term(probs(t), probs(s)) for t, s in zip(t_logits.tolist(), s_logits.tolist())]
+    assert terms[0] > 0.01 and terms[1] > 0.01 and terms[2] <= 0.01
+    got = logit_kd(s_logits, t_logits, temperature=1 / 0.3)  # official is the default reduction
+    assert got.item() == pytest.approx((terms[0] + terms[1]) / 2, rel=1e-5)
+    # A threshold between the two kept terms leaves only the larger one in the mean.
+    lo, hi = sorted(terms[:2])
+    assert logit_kd(s_logits, t_logits, 1 / 0.3, min_term=(lo + hi) / 2).item() == pytest.approx(hi, rel=1e-5)
+    # No T^2 factor: the same softened distributions at another temperature give the same value.
+    assert logit_kd(s_logits * 2, t_logits * 2, 2 / 0.3).item() == pytest.approx(got.item(), rel=1e-5)
+
+
+def test_logit_kd_official_is_far_weaker_than_kl_t2() -> None:
+    s, t = randn(200, 20, seed=14), randn(200, 20, seed=15) * 3
+    official = logit_kd(s, t, 1 / 0.3, min_term=0.0)
+    kl = logit_kd(s, t, 1 / 0.3, min_term=0.0, reduction="kl_t2")
+    # |log ratio| >= log ratio, so the official mean is >= KL / C; T^2 * C = 222 at T = 1/0.3.
+    assert kl.item() / official.item() < (1 / 0.3) ** 2 * 20
+    assert kl.item() / official.item() > 50
 
 
 def test_logit_kd_temperature_squared_scaling() -> None:
     s, t = randn(50, 20, seed=10), randn(50, 20, seed=11)
-    hot = logit_kd(s, t, temperature=2.0)
-    cold = logit_kd(s / 2.0, t / 2.0, temperature=1.0)
+    hot = logit_kd(s, t, temperature=2.0, reduction="kl_t2")
+    cold = logit_kd(s / 2.0, t / 2.0, temperature=1.0, reduction="kl_t2")
     assert hot.item() == pytest.approx(4.0 * cold.item(), rel=1e-5)
 
 
-def test_logit_kd_properties() -> None:
+@pytest.mark.parametrize("reduction", ["official", "kl_t2"])
+def test_logit_kd_properties(reduction: str) -> None:
     t = randn(64, 20, seed=12).requires_grad_()
-    assert logit_kd(t.detach().clone(), t, 3.3, min_term=1e-4).item() == 0.0
+    assert logit_kd(t.detach().clone(), t, 3.3, min_term=1e-4, reduction=reduction).item() == 0.0
     s = randn(64, 20, seed=13).requires_grad_()
-    loss = logit_kd(s, t, 3.3, min_term=1e-4)
+    loss = logit_kd(s, t, 3.3, min_term=1e-4, reduction=reduction)
     loss.backward()
     assert loss.item() > 0
     assert s.grad is not None and s.grad.abs().sum() > 0
     assert t.grad is None
     p = perm_of(64)
     w = torch.rand(64, generator=torch.Generator().manual_seed(1))
-    a = logit_kd(s, t, 3.3, weights=w)
-    b = logit_kd(s[p], t[p], 3.3, weights=w[p])
+    a = logit_kd(s, t, 3.3, weights=w, reduction=reduction)
+    b = logit_kd(s[p], t[p], 3.3, weights=w[p], reduction=reduction)
     assert a.item() == pytest.approx(b.item(), abs=ATOL)
-    assert logit_kd(s, t, 3.3, weights=torch.zeros(64)).item() == 0.0
+    assert logit_kd(s, t, 3.3, weights=torch.zeros(64), reduction=reduction).item() == 0.0
 
 
 # ---- feature KD ------------------------------------------------------------------------------
@@ -287,6 +325,34 @@ def test_affinity_cross_instance_term() -> None:
     cls2 = torch.tensor([4, 4, 5, 5])
     other_class = instance_affinity_kd(s, t, key, cls2, coords, cross_instance=True)
     assert other_class.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_class_affinity_official_hand_value() -> None:
+    # Class 2: voxels in two samples form ONE matrix (the official term pools the batch); class 3
+    # has one voxel (no pairs, nothing); class 1 (car) is not in `classes`.
+    coords = torch.tensor([[0, 0, 0, 0], [1, 0, 0, 0], [0, 4, 0, 0], [0, 9, 9, 9], [1, 9, 9, 9]])
+    cls = torch.tensor([2, 2, 3, 1, 1])
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    # class 2: student cos matrix [[1,0],[0,1]], teacher all ones -> |diff| mean over 2x2 = 2/4.
+    assert class_affinity_kd(s, t, cls, coords, [2, 3]).item() == pytest.approx(0.5)
+    # car included: the same 0.5 again, summed over classes.
+    assert class_affinity_kd(s, t, cls, coords, [1, 2, 3]).item() == pytest.approx(1.0)
+    assert class_affinity_kd(s, t, cls, coords, [3]).item() == 0.0
+    grad_s = s.clone().requires_grad_()
+    class_affinity_kd(grad_s, t, cls, coords, [2, 3]).backward()
+    assert grad_s.grad[2:].abs().sum() == 0 and grad_s.grad[:2].abs().sum() > 0
+
+
+def test_class_affinity_order_invariant_and_capped() -> None:
+    inp = affinity_inputs()
+    s, t = randn(400, 20, seed=35), randn(400, 20, seed=36)
+    p = perm_of(400)
+    for cap in (8, 1024):
+        a = class_affinity_kd(s, t, inp["class_id"], inp["coords"], [2, 3, 9], max_points=cap)
+        b = class_affinity_kd(s[p], t[p], inp["class_id"][p], inp["coords"][p], [2, 3, 9], max_points=cap)
+        assert a.item() == pytest.approx(b.item(), abs=ATOL)
+    assert class_affinity_kd(t, t, inp["class_id"], inp["coords"], [2, 3, 9]).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_affinity_subsampling_cap_is_fast_and_exact() -> None:

@@ -19,6 +19,10 @@ def distill(
     out_dir: Path = typer.Option(..., "--out", help="Output folder (a `model` artifact)."),
     config: Path | None = typer.Option(None, "--config", help="Student config YAML (training + `distill:` section)."),
     kd: str = typer.Option("config", "--kd", help="'config': distillation terms from the config; 'none': baseline student."),
+    mode: str | None = typer.Option(
+        None, "--mode", help="frozen: learn from the --teacher artifact; joint: one shared-weight net on both views "
+        "(the official M2SKD scheme, no teacher artifact). Default: the config's distill.mode.",
+    ),
     epochs: int | None = typer.Option(None, "--epochs", min=1),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
     lr: float | None = typer.Option(None, "--lr"),
@@ -30,7 +34,8 @@ def distill(
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
     labels: Path | None = typer.Option(None, "--labels", help="Label manifest YAML (default: shipped)."),
 ) -> None:
-    """Train the single-scan student with distillation from the frozen teacher (or the baseline)."""
+    """Train the single-scan student: distilled from a frozen teacher (--teacher), from its own fused-view
+    branch (--mode joint), or without distillation (--kd none: the baseline)."""
     from m2s.distill.run import run_distillation
     from m2s.distill.task import StudentConfig, baseline_distill_config
     from m2s.labels import load_label_manifest
@@ -38,9 +43,12 @@ def distill(
 
     if kd not in ("config", "none"):
         raise typer.BadParameter("--kd must be 'config' or 'none'")
+    if mode not in (None, "frozen", "joint"):
+        raise typer.BadParameter("--mode must be 'frozen' or 'joint'")
     cfg = build_config(StudentConfig, config, {
         "epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "backend": backend,
         "device": device, "data.num_workers": workers, "data.max_scans": max_scans, "seed": seed,
+        "distill.mode": mode,
     })
     if kd == "none":
         cfg = cfg.model_copy(update={"distill": baseline_distill_config()})

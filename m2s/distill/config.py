@@ -1,8 +1,15 @@
 """Configuration of the multi-to-single distillation terms (a weight of 0 turns a term off).
 
-Defaults follow the original M2SKD code where it is explicit: logit KD weight 5 at a
-temperature of 1/0.3 (it softens with ``softmax(0.3 * logits)``), feature KD off, and the
-affinity term on the 20-class logits with weight 1 over "thing" classes except car.
+Defaults follow the official M2SKD code (skyshoumeng/M2SKD, `segmentator_3d_asymm_spconv.py`):
+logit KD weight 5 with ``softmax(0.3 * logits)`` (temperature 1/0.3), the per-voxel term a
+*mean* over classes of ``p_t * |log((p_t + 1e-6) / (p_s + 1e-6))|`` without a T^2 factor,
+voxels whose term is <= 0.01 dropped (``logit_reduction: official``); feature KD off; the
+affinity term on the 20-class logits, per class over the "thing" classes except car, weight 1.
+
+Two training modes: ``frozen`` (a separately trained teacher artifact, frozen) and ``joint``
+(the official scheme: one network, shared weights, run on the single and the fused view every
+step; its detached fused-view outputs teach its single-view branch, and the fused branch gets
+a cross-entropy on the voxels whose label fusion changed, weight 0.2).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from m2s.errors import ConfigError
 
 DistillTerm = Literal["logit", "feature", "affinity", "graph"]
+DistillMode = Literal["frozen", "joint"]
 
 
 class DistillConfig(BaseModel):
@@ -22,14 +30,24 @@ class DistillConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # ---- logit KD: KL(teacher || student) of temperature-softened class distributions ----
+    # ---- who teaches ----
+    # frozen: a teacher artifact (`--teacher`); joint: the student itself on the fused view.
+    mode: DistillMode = "frozen"
+    # joint mode: weight of the fused branch's cross-entropy on the voxels whose label fusion
+    # changed (voxels absent from the single view, or with another majority label).
+    fused_ce_weight: float = Field(0.2, ge=0.0)
+
+    # ---- logit KD on temperature-softened class distributions ----
     logit_weight: float = Field(5.0, ge=0.0)
     temperature: float = Field(10.0 / 3.0, gt=0.0)
-    # Per-voxel KL (nats, before the T^2 factor) at or below this is dropped from the mean,
-    # so the average is over voxels where the student still disagrees. 1e-4 only drops
-    # voxels already matched; the original drops far more (its per-voxel term <= 0.01 is
-    # roughly KL <= 0.2 over 20 classes) - raise it to focus harder.
-    logit_min_term: float = Field(1e-4, ge=0.0)
+    # official: per voxel mean_c p_t |log((p_t+1e-6)/(p_s+1e-6))|, no T^2 (the M2SKD code);
+    # kl_t2: per voxel KL(p_t || p_s) summed over classes, times T^2 (Hinton) - about
+    # 20 * T^2 = 220 times stronger at the same weight.
+    logit_reduction: Literal["official", "kl_t2"] = "official"
+    # Per-voxel terms at or below this are dropped from the mean, so the average is over voxels
+    # where the student still disagrees; None: the reduction's own default (official 0.01,
+    # kl_t2 1e-4 nats before the T^2 factor).
+    logit_min_term: float | None = Field(None, ge=0.0)
 
     # ---- feature KD: MSE between adapted student features and teacher features ----
     feature_weight: float = Field(0.0, ge=0.0)
@@ -37,11 +55,16 @@ class DistillConfig(BaseModel):
     feature_hard_only: bool = False
     feature_hard_weight: float = Field(1.0, ge=0.0)
 
-    # ---- instance-aware affinity KD ----
+    # ---- affinity KD: relations between the voxels of hard-class objects ----
     affinity_weight: float = Field(1.0, ge=0.0)
+    # class: the official term (all voxels of each thing class in the batch, one matrix per
+    # class, summed over classes); instance: one matrix per hard-class instance (plus the
+    # same-class cross-instance relations below), averaged over instances.
+    affinity_grouping: Literal["class", "instance"] = "class"
     affinity_source: Literal["logits", "features"] = "logits"
     affinity_layer: str | None = None
     affinity_loss: Literal["l1", "mse"] = "l1"
+    affinity_max_points_per_class: int = Field(1024, ge=2, le=16384)
     affinity_max_points_per_instance: int = Field(128, ge=2, le=4096)
     affinity_cross_instance: bool = True
     affinity_exclude_classes: list[int] = Field(default_factory=lambda: [1])  # train id 1 = car
@@ -93,8 +116,14 @@ class DistillConfig(BaseModel):
 
     @property
     def is_baseline(self) -> bool:
-        """True when every distillation term is off (plain single-scan training)."""
-        return all(w == 0.0 for w in self.term_weights().values())
+        """True when nothing but the single view trains the net: every distillation term off and,
+        in joint mode, no fused-branch cross-entropy either (plain single-scan training)."""
+        kd_off = all(w == 0.0 for w in self.term_weights().values())
+        return kd_off and (self.mode == "frozen" or self.fused_ce_weight == 0.0)
+
+    @property
+    def needs_teacher_artifact(self) -> bool:
+        return self.mode == "frozen" and not self.is_baseline
 
     def term_weights(self) -> dict[DistillTerm, float]:
         return {

@@ -18,6 +18,8 @@ losses to rank voxels in an order-invariant, spatially unbiased way.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import torch
 from torch import Tensor
 
@@ -101,6 +103,28 @@ def unpack_keys(keys: Tensor, coord_bits: int) -> Tensor:
     )
 
 
+def lookup_voxels(query_coords: Tensor, table_coords: Tensor) -> tuple[Tensor, Tensor]:
+    """For each query voxel, the (int64) row of the table voxel with the same coordinates and
+    whether there is one: ``(rows, found)``; rows of unfound voxels are 0 (mask them with
+    `found`). Raises DataError when table coordinates repeat (ambiguous match)."""
+    q = _check_coords(query_coords, "query coords")
+    t = _check_coords(table_coords, "table coords")
+    if q.device != t.device:
+        raise DataError(f"query coords on {q.device} but table coords on {t.device}")
+    if q.shape[0] == 0 or t.shape[0] == 0:
+        zeros = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+        return zeros, zeros.bool()
+    bits = coord_bits_for(q, t)  # one width for both so keys are comparable
+    q_keys = pack_keys(q, bits)
+    t_keys, order = torch.sort(pack_keys(t, bits))
+    if t_keys.shape[0] > 1 and bool((t_keys[1:] == t_keys[:-1]).any()):
+        n_dup = int((t_keys[1:] == t_keys[:-1]).sum())
+        raise DataError(f"teacher coordinates contain {n_dup} duplicate voxel(s); cannot match uniquely")
+    pos = torch.searchsorted(t_keys, q_keys).clamp_max_(t_keys.shape[0] - 1)
+    found = t_keys[pos] == q_keys
+    return torch.where(found, order[pos], torch.zeros_like(pos)), found
+
+
 def match_voxels(student_coords: Tensor, teacher_coords: Tensor) -> Tensor:
     """For each student voxel, the (int64) row of the teacher voxel with the same coordinates.
 
@@ -109,21 +133,9 @@ def match_voxels(student_coords: Tensor, teacher_coords: Tensor) -> Tensor:
     different grids or strides) or when teacher coordinates repeat (ambiguous match).
     """
     s = _check_coords(student_coords, "student coords")
-    t = _check_coords(teacher_coords, "teacher coords")
-    if s.device != t.device:
-        raise DataError(f"student coords on {s.device} but teacher coords on {t.device}")
-    if s.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long, device=s.device)
-    if t.shape[0] == 0:
+    if s.shape[0] and _check_coords(teacher_coords, "teacher coords").shape[0] == 0:
         raise DataError(f"{s.shape[0]} student voxel(s) but the teacher has no voxels")
-    bits = coord_bits_for(s, t)  # one width for both so keys are comparable
-    s_keys = pack_keys(s, bits)
-    t_keys, order = torch.sort(pack_keys(t, bits))
-    if t_keys.shape[0] > 1 and bool((t_keys[1:] == t_keys[:-1]).any()):
-        n_dup = int((t_keys[1:] == t_keys[:-1]).sum())
-        raise DataError(f"teacher coordinates contain {n_dup} duplicate voxel(s); cannot match uniquely")
-    pos = torch.searchsorted(t_keys, s_keys).clamp_max_(t_keys.shape[0] - 1)
-    found = t_keys[pos] == s_keys
+    rows, found = lookup_voxels(s, teacher_coords)
     if not bool(found.all()):
         missing = (~found).nonzero().squeeze(1)
         example = s[missing[0]].tolist()
@@ -132,7 +144,62 @@ def match_voxels(student_coords: Tensor, teacher_coords: Tensor) -> Tensor:
             f"coordinates (first: [b,x,y,z]={example}); teacher and student must be voxelised on "
             "the same grid and stride"
         )
-    return order[pos]
+    return rows
+
+
+class BatchCorrespondence:
+    """The student<->teacher voxel maps of one batch, each built once on first use.
+
+    Student = the single view and the student's named features; teacher = the fused view and
+    the teacher's named features (the same absolute grid at every stride). Every distillation
+    term of a step asks this object instead of re-running the lookups.
+    """
+
+    def __init__(
+        self,
+        single_coords: Tensor,
+        fused_coords: Tensor,
+        student_feature_coords: Mapping[str, Tensor],
+        teacher_feature_coords: Mapping[str, Tensor],
+    ) -> None:
+        self._single = single_coords
+        self._fused = fused_coords
+        self._s_feats = student_feature_coords
+        self._t_feats = teacher_feature_coords
+        self._cache: dict[tuple[str, str], Tensor] = {}
+
+    def _memo(self, key: tuple[str, str], build: Callable[[], Tensor]) -> Tensor:
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    @property
+    def input_rows(self) -> Tensor:
+        """Fused-view row of each single-view voxel."""
+        return self._memo(("input", ""), lambda: match_voxels(self._single, self._fused))
+
+    def layer_rows(self, name: str) -> Tensor:
+        """Teacher row of each student voxel of feature layer `name`."""
+        return self._memo(("layer", name), lambda: match_voxels(self._s_feats[name], self._t_feats[name]))
+
+    def layer_input_rows(self, name: str) -> Tensor:
+        """Single-view input row of each student voxel of a stride-1 feature layer `name`
+        (backends may return stride-1 features in their own row order)."""
+        return self._memo(("layer_input", name), lambda: match_voxels(self._s_feats[name], self._single))
+
+    def layer_fused_rows(self, name: str) -> Tensor:
+        """Fused-view input row of each student voxel of a stride-1 feature layer `name`."""
+        return self._memo(("layer_fused", name), lambda: match_voxels(self._s_feats[name], self._fused))
+
+    @property
+    def fused_in_single(self) -> tuple[Tensor, Tensor]:
+        """Single-view row of each fused-view voxel and whether it exists there (fusion adds
+        voxels the single view does not have)."""
+        if ("fused_in_single", "") not in self._cache:
+            rows, found = lookup_voxels(self._fused, self._single)
+            self._cache[("fused_in_single", "")] = rows
+            self._cache[("fused_in_single_found", "")] = found
+        return self._cache[("fused_in_single", "")], self._cache[("fused_in_single_found", "")]
 
 
 def _mix31(x: Tensor) -> Tensor:

@@ -67,36 +67,62 @@ def voxel_weights(is_hard: Tensor, hard_class_weight: float, *, hard_only: bool 
 
 
 # ---- logit KD --------------------------------------------------------------------------------
+LogitReduction = Literal["official", "kl_t2"]
+#: Per-voxel threshold of each reduction when none is configured: the official code drops
+#: voxels whose per-voxel term is <= 0.01; the KL form only drops voxels already matched.
+DEFAULT_LOGIT_MIN_TERM: dict[str, float] = {"official": 0.01, "kl_t2": 1e-4}
+_OFFICIAL_EPS = 1e-6
+
+
 def logit_kd(
     student_logits: Tensor,
     teacher_logits: Tensor,
     temperature: float,
     weights: Tensor | None = None,
-    min_term: float = 0.0,
+    min_term: float | None = None,
+    reduction: LogitReduction = "official",
 ) -> Tensor:
-    """Temperature-scaled KL(teacher || student), averaged over the voxels that still disagree.
+    """Logit distillation on matched voxels, averaged over the voxels that still disagree.
 
-    Per voxel ``kl_i = sum_c p_t log(p_t / p_s)`` with ``p = softmax(logits / T)``. Voxels
-    with ``kl_i <= min_term`` (already matched, measured before the T^2 factor) or weight 0
-    are dropped; the result is ``T^2 * sum_i w_i kl_i / sum_i w_i`` over the kept voxels
-    (Hinton's T^2 keeps gradient magnitudes comparable across temperatures). Exactly 0 when
+    ``p = softmax(logits / T)`` for both nets (teacher detached). Per voxel:
+
+    * ``"official"`` (the M2SKD code): ``mean_c p_t * |log((p_t + 1e-6) / (p_s + 1e-6))|`` - a
+      mean over the classes, no T^2 factor;
+    * ``"kl_t2"`` (Hinton): ``sum_c p_t * log(p_t / p_s)`` (the KL), and the result is scaled
+      by T^2 so gradient magnitudes stay comparable across temperatures.
+
+    Voxels whose per-voxel term is ``<= min_term`` (None: the reduction's default,
+    :data:`DEFAULT_LOGIT_MIN_TERM`) or whose weight is 0 are dropped; the result is the
+    weighted mean ``sum_i w_i term_i / sum_i w_i`` over the kept voxels. Exactly 0 when
     nothing is kept, in particular when the student equals the teacher.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if reduction not in DEFAULT_LOGIT_MIN_TERM:
+        raise ConfigError(f"unknown logit reduction {reduction!r}; expected one of {sorted(DEFAULT_LOGIT_MIN_TERM)}")
     if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
         raise ValueError(
             f"logit_kd: expected two (V, C) tensors of one shape, got "
             f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
         )
+    if min_term is None:
+        min_term = DEFAULT_LOGIT_MIN_TERM[reduction]
     n = student_logits.shape[0]
-    log_ps = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_pt = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
-    kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)
+    if reduction == "official":
+        ps = F.softmax(student_logits.float() / temperature, dim=1)
+        pt = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
+        ratio = torch.log((pt + _OFFICIAL_EPS) / (ps + _OFFICIAL_EPS))
+        term = (pt * ratio.abs()).mean(dim=1)
+        scale = 1.0
+    else:
+        log_ps = F.log_softmax(student_logits.float() / temperature, dim=1)
+        log_pt = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+        term = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)
+        scale = temperature**2
     w = _voxel_weights_or_ones(weights, n, student_logits.device)
-    w = torch.where(kl.detach() > min_term, w, torch.zeros_like(w))
-    num = torch.where(w > 0, w * kl, torch.zeros_like(kl)).sum()
-    return temperature**2 * num / w.sum().clamp_min(_EPS)
+    w = torch.where(term.detach() > min_term, w, torch.zeros_like(w))
+    num = torch.where(w > 0, w * term, torch.zeros_like(term)).sum()
+    return scale * num / w.sum().clamp_min(_EPS)
 
 
 # ---- feature KD ------------------------------------------------------------------------------
@@ -186,6 +212,56 @@ def _cosine_matrix(x: Tensor) -> Tensor:
     return u @ u.transpose(-1, -2)
 
 
+def _group_affinity_errors(
+    s: Tensor, t: Tensor, gid: Tensor, counts: Tensor, coords: Tensor, max_points: int, loss: PairLoss, salt: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per group: summed pair error of the student vs teacher cosine-similarity matrices over its
+    off-diagonal pairs, the number of those pairs and the number of voxels taken.
+
+    Groups larger than `max_points` are subsampled to `max_points` voxels ranked by
+    (hash(coords), coords), so the choice is reproducible, spatially unbiased and independent
+    of row order. Memory is O(num_groups * max_points^2).
+    """
+    num_groups, m = counts.shape[0], gid.shape[0]
+    order = hashed_order(pack_keys(coords), salt)
+    order = order[torch.sort(gid[order], stable=True).indices]
+    g_sorted = gid[order]
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(m, device=s.device) - starts[g_sorted]
+    pad = min(max_points, int(counts.max()))
+    take = rank < pad
+    rows, g_idx, r_idx = order[take], g_sorted[take], rank[take]
+
+    def padded(x: Tensor) -> Tensor:
+        out = x.new_zeros(num_groups, pad, x.shape[1])
+        out[g_idx, r_idx] = x[rows]
+        return out
+
+    present = torch.zeros(num_groups, pad, dtype=torch.bool, device=s.device)
+    present[g_idx, r_idx] = True
+    eye = torch.eye(pad, dtype=torch.bool, device=s.device)
+    pairs = present.unsqueeze(2) & present.unsqueeze(1) & ~eye
+    sim_s = _cosine_matrix(padded(s))
+    with torch.no_grad():
+        sim_t = _cosine_matrix(padded(t))
+    err = torch.where(pairs, _pair_loss(sim_s - sim_t, loss), torch.zeros_like(sim_s))
+    return err.sum(dim=(1, 2)), pairs.sum(dim=(1, 2)), present.sum(dim=1)
+
+
+def _salt(generator: torch.Generator | None) -> int:
+    return 0 if generator is None else int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+def _check_affinity_inputs(name: str, student: Tensor, teacher: Tensor, max_points: int, loss: PairLoss, **rows: Tensor) -> int:
+    n = _check_rows(name, student=student, teacher=teacher, **rows)
+    if student.shape != teacher.shape:
+        raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in shape")
+    if max_points < 2:
+        raise ConfigError(f"max_points must be >= 2, got {max_points}")
+    _pair_loss(student.new_zeros(()), loss)  # validate the name early
+    return n
+
+
 def instance_affinity_kd(
     student: Tensor,
     teacher: Tensor,
@@ -211,22 +287,15 @@ def instance_affinity_kd(
       vs the teacher, L1 or squared error averaged over the off-diagonal pairs, then averaged
       over instances with at least 2 voxels (each instance counts equally, so small far-away
       objects are not drowned by large near ones). Instances larger than ``max_points`` are
-      subsampled to ``max_points`` voxels ranked by a hash of their coordinates (salted by one
-      draw from `generator` when given), so the choice is reproducible, spatially unbiased and
-      independent of row order. Memory is O(num_instances * max_points^2).
+      subsampled by coordinate hash (salted by one draw from `generator` when given).
     * cross term (``cross_instance``): cosine similarities between the instance-mean embeddings
       (over all the instance's voxels) of every pair of distinct instances of the same class in
       the batch, student vs teacher, averaged over those pairs; added to the intra term. This
-      keeps the relation between instances of one class that the original per-class affinity
-      captured, at O(num_instances^2) cost.
+      keeps the relation between instances of one class that the per-class affinity of
+      :func:`class_affinity_kd` captures, at O(num_instances^2) cost.
     """
-    n = _check_rows("instance_affinity_kd", student=student, teacher=teacher,
-                    instance_key=instance_key, class_id=class_id, coords=coords)
-    if student.shape != teacher.shape:
-        raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in shape")
-    if max_points < 2:
-        raise ConfigError(f"max_points must be >= 2, got {max_points}")
-    _pair_loss(student.new_zeros(()), loss)  # validate the name early
+    n = _check_affinity_inputs("instance_affinity_kd", student, teacher, max_points, loss,
+                               instance_key=instance_key, class_id=class_id, coords=coords)
     keep = instance_key.long() > 0
     if exclude_classes:
         keep &= ~hard_mask(class_id, list(exclude_classes))
@@ -241,34 +310,8 @@ def instance_affinity_kd(
     # unique() sorts the groups, so group ids are canonical whatever the row order.
     groups, gid, counts = torch.unique(group_rows, dim=0, return_inverse=True, return_counts=True)
     num_groups = groups.shape[0]
-    m = sel.numel()
-
-    # Rank voxels inside each instance by (hash(coords), coords): order-invariant subsampling.
-    salt = 0 if generator is None else int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    order = hashed_order(pack_keys(c), salt)
-    order = order[torch.sort(gid[order], stable=True).indices]
-    g_sorted = gid[order]
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(m, device=s.device) - starts[g_sorted]
-    pad = min(max_points, int(counts.max()))
-    take = rank < pad
-    rows, g_idx, r_idx = order[take], g_sorted[take], rank[take]
-
-    def padded(x: Tensor) -> Tensor:
-        out = x.new_zeros(num_groups, pad, x.shape[1])
-        out[g_idx, r_idx] = x[rows]
-        return out
-
-    present = torch.zeros(num_groups, pad, dtype=torch.bool, device=s.device)
-    present[g_idx, r_idx] = True
-    eye = torch.eye(pad, dtype=torch.bool, device=s.device)
-    pairs = present.unsqueeze(2) & present.unsqueeze(1) & ~eye
-    sim_s = _cosine_matrix(padded(s))
-    with torch.no_grad():
-        sim_t = _cosine_matrix(padded(t))
-    err = torch.where(pairs, _pair_loss(sim_s - sim_t, loss), torch.zeros_like(sim_s))
-    n_pairs = pairs.sum(dim=(1, 2))
-    per_instance = err.sum(dim=(1, 2)) / n_pairs.clamp_min(1)
+    err, n_pairs, _ = _group_affinity_errors(s, t, gid, counts, c, max_points, loss, _salt(generator))
+    per_instance = err / n_pairs.clamp_min(1)
     has_pairs = (n_pairs > 0).float()
     total = (per_instance * has_pairs).sum() / has_pairs.sum().clamp_min(1.0)
 
@@ -285,6 +328,40 @@ def instance_affinity_kd(
         cross_err = torch.where(same, cross_err, torch.zeros_like(cross_err))
         total = total + cross_err.sum() / same.sum().clamp_min(1)
     return total
+
+
+def class_affinity_kd(
+    student: Tensor,
+    teacher: Tensor,
+    class_id: Tensor,
+    coords: Tensor,
+    classes: Sequence[int],
+    *,
+    max_points: int = 1024,
+    loss: PairLoss = "l1",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The official M2SKD affinity term: for each class of `classes` present, all voxels of that
+    class in the batch (every sample together), the (P, P) cosine-similarity matrix of their
+    rows in the student vs the teacher, the L1 (or squared) difference averaged over the whole
+    matrix (diagonal included, as ``torch.mean`` over it does), summed over the classes.
+
+    Classes with fewer than 2 voxels contribute nothing. A class with more than `max_points`
+    voxels is subsampled by coordinate hash (the original code has no cap; its dense P x P
+    matrix is what the cap bounds).
+    """
+    n = _check_affinity_inputs("class_affinity_kd", student, teacher, max_points, loss,
+                               class_id=class_id, coords=coords)
+    sel = hard_mask(class_id, list(classes)).nonzero().squeeze(1) if len(classes) else class_id.new_zeros(0)
+    if n == 0 or sel.numel() == 0:
+        return _zero(student)
+    s = student[sel].float()
+    t = teacher[sel].detach().float()
+    c = coords[sel].long()
+    _, gid, counts = torch.unique(class_id[sel].long(), return_inverse=True, return_counts=True)
+    err, n_pairs, taken = _group_affinity_errors(s, t, gid, counts, c, max_points, loss, _salt(generator))
+    per_class = err / taken.float().pow(2)
+    return (per_class * (n_pairs > 0).float()).sum()
 
 
 # ---- local graph KD (PointDistiller) ---------------------------------------------------------

@@ -28,13 +28,18 @@ def run_distillation(
     on_event: EventCallback | None = None,
 ) -> tuple[Manifest, TrainResult | None]:
     """Train a single-scan student. With every distillation weight at 0 this is the baseline:
-    same data, schedule and seed, no teacher needed (a given teacher is ignored)."""
+    same data, schedule and seed, no teacher needed (a given teacher is ignored). In joint mode
+    the student is its own teacher on the fused view (no teacher artifact)."""
     baseline = cfg.distill.is_baseline
     loaded = None
     extra_inputs: list[ArtifactInput] = []
-    if not baseline:
+    if cfg.distill.mode == "joint" and not baseline and teacher is not None:
+        raise ConfigError("joint mode (distill.mode: joint) trains its own fused-view teacher branch; drop --teacher")
+    if cfg.distill.needs_teacher_artifact:
         if teacher is None:
-            raise ConfigError("distillation needs --teacher MODEL (or --kd none for the baseline student)")
+            raise ConfigError(
+                "distillation needs --teacher MODEL (or --mode joint, or --kd none for the baseline student)"
+            )
         loaded = load_teacher(teacher, cfg, labels)
         extra_inputs.append(ArtifactInput(kind="model", id=loaded.manifest.content_id, path=str(teacher)))
     spec = RunSpec(

@@ -1,9 +1,17 @@
-"""The distillation training module: a single-scan student taught by a frozen multi-scan teacher.
+"""The distillation training module: a single-scan student taught on the fused view.
 
-For each batch the teacher (eval mode, no gradients) sees the fused view and the student the
-single view. Both are voxelised on one absolute grid, so each student voxel is looked up among
-the teacher's voxels by coordinate key at every scale (`match_voxels`), and every term is
-computed on the student's voxels.
+Two modes (``distill.mode``):
+
+* ``frozen``: a separately trained teacher artifact (eval mode, no gradients) sees the fused
+  view and the student the single view;
+* ``joint`` (the official M2SKD scheme): one network, shared weights, runs on both views every
+  step (both in train mode, both with gradients); its fused-view outputs, detached, are the
+  teacher of its single-view branch, and the fused branch also gets a cross-entropy on the
+  voxels whose label fusion changed (weight ``fused_ce_weight``, 0.2 as in the official code).
+
+Both views are voxelised on one absolute grid, so each student voxel is found among the
+teacher's voxels by coordinate key at every scale (:class:`BatchCorrespondence`, built once
+per batch), and every term is computed on the student's voxels.
 """
 
 from __future__ import annotations
@@ -12,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from m2s.distill.config import DistillConfig
-from m2s.distill.correspondence import match_voxels
+from m2s.distill.correspondence import BatchCorrespondence
 from m2s.distill.losses import (
     LocalGraphKD,
     build_feature_adapters,
+    class_affinity_kd,
     feature_kd,
     hard_mask,
     instance_affinity_kd,
@@ -27,10 +37,10 @@ from m2s.distill.losses import (
 )
 from m2s.errors import ConfigError
 from m2s.inference import LoadedModel, load_model_artifact, view_to_sparse
-from m2s.labels import LabelManifest
+from m2s.labels import IGNORE_INDEX, LabelManifest
 from m2s.models import FEATURE_STRIDES, feature_channels
 from m2s.train.config import TrainConfig
-from m2s.train.dataset import Batch
+from m2s.train.dataset import Batch, ViewBatch
 from m2s.train.losses import SegmentationLoss
 from m2s.train.run import task_loss
 
@@ -78,8 +88,13 @@ class DistillModule(nn.Module):
         self.net = student
         self.loss = loss
         self.kd = cfg.distill
+        self.joint = self.kd.mode == "joint" and not self.kd.is_baseline
         self.hard_ids = torch.as_tensor(labels.hard_train_ids)
-        if self.kd.is_baseline:
+        excluded = set(self.kd.affinity_exclude_classes)
+        self.affinity_classes = [c for c in labels.hard_train_ids if c not in excluded]
+        if self.kd.is_baseline or self.joint:
+            if teacher is not None and self.joint:
+                raise ConfigError("joint mode teaches the student with its own fused-view branch; do not pass a teacher")
             teacher = None
         elif teacher is None:
             raise ConfigError("distillation terms are on but no teacher was given (use --kd none for the baseline)")
@@ -127,6 +142,12 @@ class DistillModule(nn.Module):
             self.teacher.eval()  # BN running statistics of the teacher stay frozen
         return self
 
+    def _run(self, net: nn.Module, view: ViewBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        x = view_to_sparse(view)
+        if self.needed_features:
+            return net(x, return_features=self.needed_features)
+        return net(x), {}
+
     def _run_teacher(self, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
         teacher = self.teacher
         assert teacher is not None
@@ -135,86 +156,130 @@ class DistillModule(nn.Module):
         if first.device != view.coords.device:
             teacher.to(view.coords.device)
         with torch.no_grad():
-            x = view_to_sparse(view)
-            if self.needed_features:
-                logits, feats = teacher(x, return_features=self.needed_features)
-            else:
-                logits, feats = teacher(x), {}
-        return logits, feats
+            return self._run(teacher, view)
+
+    def _fused_ce(self, f_logits: torch.Tensor, corr: BatchCorrespondence, single: ViewBatch, fused: ViewBatch) -> torch.Tensor:
+        """Class-weighted cross-entropy of the fused branch on the voxels whose label fusion
+        changed: absent from the single view, or with another majority label there."""
+        rows, found = corr.fused_in_single
+        changed = ~found | (single.voxel_labels[rows] != fused.voxel_labels)
+        target = torch.where(changed, fused.voxel_labels, torch.full_like(fused.voxel_labels, IGNORE_INDEX))
+        if not bool((target != IGNORE_INDEX).any()):
+            return f_logits.sum() * 0.0
+        weight = self.loss.class_weights if self.loss.class_weights.numel() else None
+        return F.cross_entropy(f_logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX)
 
     def forward(self, batch: Batch, progress: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         single = batch.views["single"]
-        x = view_to_sparse(single)
-        if self.needed_features:
-            s_logits, s_feats = self.net(x, return_features=self.needed_features)
-        else:
-            s_logits, s_feats = self.net(x), {}
+        s_logits, s_feats = self._run(self.net, single)
         task_total, terms = task_loss(self.loss, s_logits, single)
-        if self.teacher is None:
+        if self.kd.is_baseline:
             return task_total, terms
-        kd_terms: dict[str, torch.Tensor] = {}
-
-        t_logits_all, t_feats = self._run_teacher(batch)
         fused = batch.views["fused"]
-        match = match_voxels(single.coords, fused.coords)
-        t_logits = t_logits_all[match]
+        extra: dict[str, torch.Tensor] = {}
+        if self.joint:
+            # Same weights, train mode, with gradients: the fused branch learns from its own CE;
+            # it teaches the single branch only through detached outputs.
+            f_logits, f_feats = self._run(self.net, fused)
+            t_logits_all = f_logits.detach()
+            t_feats = {k: v.detach() for k, v in f_feats.items()}
+        else:
+            t_logits_all, t_feats = self._run_teacher(batch)
+        corr = BatchCorrespondence(
+            single.coords, fused.coords, {k: v.coords for k, v in s_feats.items()}, {k: v.coords for k, v in t_feats.items()}
+        )
+        if self.joint and self.kd.fused_ce_weight > 0:
+            extra["ce_fused"] = self.kd.fused_ce_weight * self._fused_ce(f_logits, corr, single, fused)
+        extra |= self._kd_terms(single, fused, s_logits, s_feats, t_logits_all, t_feats, corr, progress)
+        total = task_total + sum(extra.values(), torch.zeros((), device=task_total.device))
+        return total, terms | {k: v.detach() for k, v in extra.items()}
+
+    def _kd_terms(
+        self,
+        single: ViewBatch,
+        fused: ViewBatch,
+        s_logits: torch.Tensor,
+        s_feats: dict[str, Any],
+        t_logits_all: torch.Tensor,
+        t_feats: dict[str, Any],
+        corr: BatchCorrespondence,
+        progress: float,
+    ) -> dict[str, torch.Tensor]:
+        kd_terms: dict[str, torch.Tensor] = {}
+        t_logits = t_logits_all[corr.input_rows]
         weights = self.kd.scaled_weights(progress)
         is_hard = hard_mask(single.voxel_labels, self.hard_ids.to(single.voxel_labels.device))
         w_hard = voxel_weights(is_hard, self.kd.hard_class_weight)
 
         if weights["logit"] > 0:
-            kd = logit_kd(s_logits, t_logits, self.kd.temperature, w_hard, self.kd.logit_min_term)
+            kd = logit_kd(
+                s_logits, t_logits, self.kd.temperature, w_hard, self.kd.logit_min_term, self.kd.logit_reduction
+            )
             kd_terms["kd_logit"] = weights["logit"] * kd
         if weights["feature"] > 0:
             fw = voxel_weights(is_hard, self.kd.feature_hard_weight, hard_only=self.kd.feature_hard_only)
             feat_terms = []
             for name in self.feature_layers:
                 s_f, t_f = s_feats[name], t_feats[name]
-                rows = match_voxels(s_f.coords, t_f.coords)
                 layer_w = fw if FEATURE_STRIDES[name] == 1 and s_f.feats.shape[0] == fw.shape[0] else None
                 if layer_w is not None:
                     # stride-1 features may come in the backend's row order: realign weights.
-                    layer_w = layer_w[match_voxels(s_f.coords, single.coords)]
-                feat_terms.append(feature_kd(s_f.feats, t_f.feats[rows], layer_w, adapter=self.adapters[name]))
+                    layer_w = layer_w[corr.layer_input_rows(name)]
+                t_rows = t_f.feats[corr.layer_rows(name)]
+                feat_terms.append(feature_kd(s_f.feats, t_rows, layer_w, adapter=self.adapters[name]))
             kd_terms["kd_feature"] = weights["feature"] * torch.stack(feat_terms).mean()
         if weights["affinity"] > 0:
-            if self.kd.affinity_source == "logits":
-                s_a, t_a, inst_rows = s_logits, t_logits, None
-            else:
-                layer = self.kd.affinity_layer
-                assert layer is not None
-                s_a = s_feats[layer].feats
-                t_a = t_feats[layer].feats[match_voxels(s_feats[layer].coords, t_feats[layer].coords)]
-                inst_rows = match_voxels(s_feats[layer].coords, single.coords)
-            inst = single.voxel_instance if inst_rows is None else single.voxel_instance[inst_rows]
-            cls = single.voxel_labels if inst_rows is None else single.voxel_labels[inst_rows]
-            coords = single.coords if inst_rows is None else single.coords[inst_rows]
-            kd_terms["kd_affinity"] = weights["affinity"] * instance_affinity_kd(
-                s_a,
-                t_a,
-                inst,
-                cls,
-                coords,
-                max_points=self.kd.affinity_max_points_per_instance,
-                cross_instance=self.kd.affinity_cross_instance,
-                loss=self.kd.affinity_loss,
-                exclude_classes=self.kd.affinity_exclude_classes,
-            )
+            kd_terms["kd_affinity"] = weights["affinity"] * self._affinity(single, s_logits, t_logits, s_feats, t_feats, corr)
         if weights["graph"] > 0 and self.graph is not None:
             layer = self.kd.graph_layer
             s_f, t_f = s_feats[layer], t_feats[layer]
-            rows = match_voxels(s_f.coords, t_f.coords)
             density = None
             if self.kd.graph_score == "density":
-                density = fused.voxel_count[match_voxels(s_f.coords, fused.coords)]
-            s_rows_in_input = match_voxels(s_f.coords, single.coords)
+                density = fused.voxel_count[corr.layer_fused_rows(layer)]
+            s_rows_in_input = corr.layer_input_rows(layer)
             kd_terms["kd_graph"] = weights["graph"] * self.graph(
                 s_f.feats,
-                t_f.feats[rows],
+                t_f.feats[corr.layer_rows(layer)],
                 s_f.coords,
                 density=density,
                 student_logits=s_logits[s_rows_in_input],
                 teacher_logits=t_logits[s_rows_in_input],
             )
-        total = task_total + sum(kd_terms.values(), torch.zeros((), device=task_total.device))
-        return total, terms | {k: v.detach() for k, v in kd_terms.items()}
+        return kd_terms
+
+    def _affinity(
+        self,
+        single: ViewBatch,
+        s_logits: torch.Tensor,
+        t_logits: torch.Tensor,
+        s_feats: dict[str, Any],
+        t_feats: dict[str, Any],
+        corr: BatchCorrespondence,
+    ) -> torch.Tensor:
+        if self.kd.affinity_source == "logits":
+            s_a, t_a, inst_rows = s_logits, t_logits, None
+        else:
+            layer = self.kd.affinity_layer
+            assert layer is not None
+            s_a = s_feats[layer].feats
+            t_a = t_feats[layer].feats[corr.layer_rows(layer)]
+            inst_rows = corr.layer_input_rows(layer)
+        cls = single.voxel_labels if inst_rows is None else single.voxel_labels[inst_rows]
+        coords = single.coords if inst_rows is None else single.coords[inst_rows]
+        if self.kd.affinity_grouping == "class":
+            return class_affinity_kd(
+                s_a, t_a, cls, coords, self.affinity_classes,
+                max_points=self.kd.affinity_max_points_per_class, loss=self.kd.affinity_loss,
+            )  # fmt: skip
+        inst = single.voxel_instance if inst_rows is None else single.voxel_instance[inst_rows]
+        return instance_affinity_kd(
+            s_a,
+            t_a,
+            inst,
+            cls,
+            coords,
+            max_points=self.kd.affinity_max_points_per_instance,
+            cross_instance=self.kd.affinity_cross_instance,
+            loss=self.kd.affinity_loss,
+            exclude_classes=self.kd.affinity_exclude_classes,
+        )

@@ -167,7 +167,8 @@ def run_training(
             if val_caches
             else None
         )
-        weights, counts = class_weights_for(cfg, train_ds, spec.train_view)
+        freq_view: ViewName = "single" if cfg.loss.frequency_view == "single" else spec.train_view
+        weights, counts = class_weights_for(cfg, train_ds, freq_view)
         net = build_model(cfg.model, cfg.backend)
         loss = SegmentationLoss(cfg.loss, weights)
         module = make_module(net, loss, caches)

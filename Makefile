@@ -38,4 +38,12 @@ bench-distill:
 	@mkdir -p runs/bench
 	$(PY) benchmarks/bench_distill.py --beams 64 --columns 1024 --scans 12 --voxel-size 0.1 --size 18 --teacher-size 18 --batch-size 2 --repeats 7 --warmup 1 --threads 1 --json runs/bench/distill.json
 
+# `make study`: seeds x {baseline, frozen-teacher student, joint student}, paired by seed, on
+# synthetic data the defaults were not tuned on (benchmarks/study.py; README "Seed study").
+STUDY ?= runs/study
+STUDY_ARGS ?=
+.PHONY: study
+study:
+	$(PY) benchmarks/study.py --out $(STUDY) $(STUDY_ARGS)
+
 include pipelines/demo.mk pipelines/semantickitti.mk pipelines/synthetic-full.mk

@@ -32,16 +32,18 @@ def test_reduced_demo_chain_runs_end_to_end_and_reruns_nothing(tmp_path):
     evaluation = load_artifact(demo / "eval", "evaluation")
     assert verify_files(demo / "eval", evaluation) == []
     metrics = json.loads((demo / "eval" / "metrics.json").read_text())
-    assert list(metrics["models"]) == ["teacher", "baseline", "student"]
+    assert list(metrics["models"]) == ["teacher", "baseline", "student", "joint"]
     for m in metrics["models"].values():
         assert 0.0 <= m["miou"] <= 1.0 and len(m["iou"]) == 19
     plots = sorted(p.name for p in (demo / "eval" / "plots").glob("*.png"))
     assert "class_iou.png" in plots and "iou_by_distance.png" in plots
-    # lineage: the student names the teacher, the evaluation names all three models
+    # lineage: the student names the teacher, the joint student none; the evaluation names all four
     student = load_artifact(demo / "student", "model")
     teacher = load_artifact(demo / "teacher", "model")
+    joint = load_artifact(demo / "joint", "model")
     assert student.config["teacher_id"] == teacher.content_id
-    assert {i.id for i in evaluation.inputs} >= {teacher.content_id, student.content_id}
+    assert joint.config.get("teacher_id") is None
+    assert {i.id for i in evaluation.inputs} >= {teacher.content_id, student.content_id, joint.content_id}
 
     # a finished chain is not recomputed
     again = subprocess.run([*args, "-n"], capture_output=True, text=True, timeout=120)

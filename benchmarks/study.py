@@ -1,0 +1,301 @@
+"""Seed study: does distillation beat the baseline student, paired by seed?
+
+Runs the real CLI end to end on a synthetic benchmark that the defaults were not tuned on
+(other sequences and generator seed than the demo): `m2s synth`, `m2s fuse` (train + validation
+caches), then for every training seed the frozen teacher (`train-teacher`), the baseline student
+(`distill --kd none`), the frozen-teacher student (`distill --teacher`) and the joint student
+(`distill --mode joint`, the official shared-weight scheme), all with the same seed (same
+initialisation and data order), and scores every model with `m2s evaluate` on the validation
+cache, each on the input it was trained on, from the *last* checkpoint (no selection on the
+validation set).
+
+Reports mean +- std over seeds of mIoU, hard mIoU and every class IoU, and for each distilled
+model the paired difference to the baseline (mean, standard error, and whether the mean gain
+in hard mIoU exceeds twice the standard error with mIoU not lower). Writes study.json,
+study.md (the table) and study.png under --out; reruns reuse finished artifacts (the stages
+are no-ops on identical inputs) and resume killed trainings.
+
+Usage:
+    python benchmarks/study.py                           # 3 seeds, CPU-sized (see README)
+    python benchmarks/study.py --seeds 0,1,2,3,4 --jobs 4 --threads 4
+    python benchmarks/study.py --out runs/study-gpu --size full --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from m2s.evaluation.report import read_metrics_json  # noqa: E402
+from m2s.evaluation.seeds import MeanStd, StudySummary, summarise_seeds  # noqa: E402
+
+# Benchmark sizes: synthetic data (sequences, generator seed, scan shape), configs, epochs.
+# Generator seed and sequences differ from the demo's (seed 0, 00/01 train, 08 val).
+SIZES: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "synth": "--sequences 02,03,04,05,06,07 --test-sequences none --scans 30 --beams 32 --columns 512 --seed 11",
+        "train": "02,03,04",
+        "val": "05,06,07",
+        "teacher": "pipelines/configs/demo-teacher.yaml",
+        "student": "pipelines/configs/demo-student.yaml",
+    },
+    "smoke": {  # seconds: checks the wiring (tests), says nothing about the method
+        "synth": "--sequences 02,05 --test-sequences none --scans 12 --beams 16 --columns 256 --seed 11",
+        "train": "02",
+        "val": "05",
+        "teacher": "pipelines/configs/demo-teacher.yaml",
+        "student": "pipelines/configs/demo-student.yaml",
+    },
+    "full": {
+        "synth": "--sequences 02,03,04,05,06,07 --test-sequences none --scans 120 --beams 64 --columns 2048"
+        " --seed 11 --workers 6",
+        "train": "02,03,04,05",
+        "val": "06,07",
+        "teacher": "pipelines/configs/full-teacher.yaml",
+        "student": "pipelines/configs/full-student.yaml",
+    },
+}
+MODELS = ("baseline", "student", "joint")  # teacher is trained whenever "student" is asked for
+DISTILLED = ("student", "joint")
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    out: Path
+    seeds: list[int]
+    models: list[str]
+    size: dict[str, Any]
+    device: str
+    threads: int
+    jobs: int
+    epochs: int | None
+    workers: int | None
+
+
+def m2s_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli.main", *args]
+
+
+def run_logged(cmd: list[str], log: Path, threads: int) -> None:
+    """Run one CLI stage, its output to `log`; raise with the log's tail on failure."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as fh:
+        fh.write("$ " + shlex.join(cmd) + "\n")
+        fh.flush()
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    if rc != 0:
+        tail = "\n".join(log.read_text().splitlines()[-15:])
+        raise RuntimeError(f"{shlex.join(cmd)} exited {rc}; log {log}:\n{tail}")
+
+
+def train_args(plan: StudyPlan, seed: int, out: Path) -> list[str]:
+    args = ["--out", str(out), "--seed", str(seed), "--device", plan.device]
+    if plan.epochs:
+        args += ["--epochs", str(plan.epochs)]
+    if plan.workers is not None:
+        args += ["--workers", str(plan.workers)]
+    if (out / "checkpoints" / "last.pt").exists() and not (out / "manifest.json").exists():
+        args.append("--resume")
+    return args
+
+
+def prepare_data(plan: StudyPlan) -> None:
+    size, out = plan.size, plan.out
+    if not (out / "data" / "manifest.json").exists():
+        run_logged(m2s_cmd("synth", str(out / "data"), *shlex.split(size["synth"])), out / "logs" / "data.log", plan.threads)
+    for split in ("train", "val"):
+        run_logged(
+            m2s_cmd("fuse", str(out / "data"), "--sequences", size[split], "--out", str(out / f"fused-{split}")),
+            out / "logs" / f"fused-{split}.log",
+            plan.threads,
+        )
+
+
+def train_model(plan: StudyPlan, seed: int, model: str) -> None:
+    """Train one model of one seed (a teacher first, for the frozen-teacher student)."""
+    d = plan.out / f"seed{seed}"
+    caches = ["--cache", str(plan.out / "fused-train")]
+    log = plan.out / "logs" / f"seed{seed}-{model}.log"
+    teacher_cfg, student_cfg = plan.size["teacher"], plan.size["student"]
+    if model == "student":
+        run_logged(
+            m2s_cmd("train-teacher", *caches, "--config", teacher_cfg, *train_args(plan, seed, d / "teacher")),
+            plan.out / "logs" / f"seed{seed}-teacher.log",
+            plan.threads,
+        )
+        extra = ["--teacher", str(d / "teacher")]
+    elif model == "baseline":
+        extra = ["--kd", "none"]
+    else:
+        extra = ["--mode", "joint"]
+    run_logged(
+        m2s_cmd("distill", *caches, "--config", student_cfg, *extra, *train_args(plan, seed, d / model)),
+        log,
+        plan.threads,
+    )
+
+
+def evaluate_seed(plan: StudyPlan, seed: int) -> dict[str, Any]:
+    d = plan.out / f"seed{seed}"
+    names = (["teacher"] if "student" in plan.models else []) + plan.models
+    run_logged(
+        m2s_cmd(
+            "evaluate", *[str(d / n) for n in names], "--cache", str(plan.out / "fused-val"),
+            "--checkpoint", "last", "--device", plan.device, "--out", str(d / "eval"),
+        ),
+        plan.out / "logs" / f"seed{seed}-eval.log",
+        plan.threads,
+    )
+    report = read_metrics_json(d / "eval" / "metrics.json")
+    result: dict[str, Any] = {}
+    for name, m in report.models.items():
+        result[name] = {
+            "miou": 100.0 * (m.miou or 0.0),
+            "hard_miou": 100.0 * (m.hard_miou or 0.0),
+            "iou": {c: 100.0 * v for c, v in m.iou.items()},
+        }
+    result["_hard_classes"] = report.hard_classes
+    return result
+
+
+def fmt(ms: MeanStd) -> str:
+    return f"{ms.mean:.1f} ± {ms.std:.1f}" if not math.isnan(ms.std) else f"{ms.mean:.1f}"
+
+
+def markdown_table(summary: StudySummary, hard_classes: list[str]) -> str:
+    models = list(summary.models)
+    head = ["metric", *models]
+    lines = [
+        f"seeds {','.join(map(str, summary.seeds))}; mean ± std over seeds, IoU in %",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for key, label in (("miou", "mIoU"), ("hard_miou", "hard mIoU")):
+        lines.append(f"| **{label}** | " + " | ".join(fmt(getattr(summary.models[m], key)) for m in models) + " |")
+    for c in summary.models[models[0]].iou:
+        tag = f"{c} (hard)" if c in hard_classes else c
+        lines.append(f"| {tag} | " + " | ".join(fmt(summary.models[m].iou[c]) for m in models) + " |")
+    if summary.paired:
+        lines += [
+            "",
+            "| paired by seed, vs baseline | Δ mIoU (mean ± SE) | Δ hard mIoU (mean ± SE) | Δ hard mIoU per seed | goal |",
+            "|---|---|---|---|---|",
+        ]
+        for name, p in summary.paired.items():
+            per = ", ".join(f"{d:+.1f}" for d in p.hard_miou.diffs)
+            lines.append(
+                f"| {name} | {p.miou.mean:+.2f} ± {p.miou.se:.2f} | {p.hard_miou.mean:+.2f} ± {p.hard_miou.se:.2f} "
+                f"| {per} | {'met' if p.goal_met else 'not met'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: StudySummary, hard_classes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(summary.models)
+    cols = ["mIoU", "hard mIoU", *hard_classes]
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(cols)), 4))
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        res = summary.models[m]
+        vals = [res.miou, res.hard_miou, *[res.iou[c] for c in hard_classes]]
+        xs = [j + i * width for j in range(len(cols))]
+        ax.bar(xs, [v.mean for v in vals], width, yerr=[0 if math.isnan(v.std) else v.std for v in vals],
+               label=m, capsize=2)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], cols, rotation=30, ha="right")
+    ax.set_ylabel("IoU (%), mean ± std over seeds")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "study")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--models", default=",".join(MODELS), help="subset of baseline,student,joint")
+    p.add_argument("--size", choices=sorted(SIZES), default="cpu")
+    p.add_argument("--teacher-config", help="override the size's teacher config")
+    p.add_argument("--student-config", help="override the size's student config")
+    p.add_argument("--epochs", type=int, help="override the configs' epochs")
+    p.add_argument("--device", default="cpu", help="auto|cpu|cuda")
+    p.add_argument("--jobs", type=int, default=1, help="trainings run side by side")
+    p.add_argument("--workers", type=int, help="override the configs' data-loader workers")
+    p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)), help="torch threads per job")
+    a = p.parse_args(argv)
+
+    models = [m for m in a.models.split(",") if m]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown or not models:
+        p.error(f"--models must be a subset of {','.join(MODELS)}, got {a.models!r}")
+    size = dict(SIZES[a.size])
+    size["teacher"] = a.teacher_config or size["teacher"]
+    size["student"] = a.student_config or size["student"]
+    plan = StudyPlan(
+        out=a.out.resolve(), seeds=[int(s) for s in a.seeds.split(",")], models=models, size=size,
+        device=a.device, threads=a.threads, jobs=a.jobs, epochs=a.epochs, workers=a.workers,
+    )
+    t0 = time.perf_counter()
+    prepare_data(plan)
+    tasks = [(s, m) for s in plan.seeds for m in plan.models]
+    # The frozen-teacher chain (teacher, then student) is the longest: start it first.
+    tasks.sort(key=lambda t: (t[1] != "student", t[1] != "joint"))
+    with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
+        for f in [pool.submit(train_model, plan, s, m) for s, m in tasks]:
+            f.result()
+    per_seed = {s: evaluate_seed(plan, s) for s in plan.seeds}
+    hard_classes = per_seed[plan.seeds[0]].pop("_hard_classes")
+    for s in plan.seeds[1:]:
+        per_seed[s].pop("_hard_classes")
+    compared = [m for m in DISTILLED if m in plan.models] if "baseline" in plan.models else []
+    summary = summarise_seeds(per_seed, baseline="baseline", compared=compared)
+    wall = time.perf_counter() - t0
+    result = {
+        "command": shlex.join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "size": a.size,
+        "synth": size["synth"],
+        "train_sequences": size["train"],
+        "val_sequences": size["val"],
+        "configs": {"teacher": size["teacher"], "student": size["student"]},
+        "epochs": a.epochs,
+        "seeds": plan.seeds,
+        "wall_s": wall,
+        "per_seed": {str(s): v for s, v in per_seed.items()},
+        "summary": summary.model_dump(mode="json"),
+    }
+    plan.out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(summary, hard_classes) + f"\nwall time {wall / 60:.1f} min\n"
+    for name, text in (("study.json", json.dumps(result, indent=2) + "\n"), ("study.md", table)):
+        tmp = plan.out / (name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(plan.out / name)
+    plot(summary, hard_classes, plan.out / "study.png")
+    print(table)
+    print(f"wrote {plan.out / 'study.json'}, study.md, study.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Seed-study statistics (m2s.evaluation.seeds) and the study script end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from m2s.evaluation.seeds import goal_met, mean_std, paired_difference, summarise_seeds
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def scores(miou: float, hard: float, person: float) -> dict[str, object]:
+    return {"miou": miou, "hard_miou": hard, "iou": {"car": 50.0, "person": person}}
+
+
+def test_mean_std_is_the_sample_std() -> None:
+    ms = mean_std([1.0, 2.0, 4.0])
+    assert ms.mean == pytest.approx(7 / 3)
+    assert ms.std == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    assert math.isnan(mean_std([3.0]).std)
+
+
+def test_paired_difference_removes_the_shared_seed_offset() -> None:
+    # The seeds differ by a lot, the model's gain over the baseline is a steady +1.
+    base = [20.0, 30.0, 25.0]
+    model = [21.0, 31.2, 25.8]
+    p = paired_difference(model, base)
+    assert p.diffs == pytest.approx([1.0, 1.2, 0.8])
+    assert p.mean == pytest.approx(1.0)
+    assert p.se == pytest.approx(0.2 / math.sqrt(3))
+    assert goal_met(p, paired_difference([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]))
+    # Same mean gain, unpaired spread: the gain is within noise.
+    noisy = paired_difference([25.0, 26.0, 27.0], [20.0, 30.0, 25.0])
+    assert noisy.mean == pytest.approx(1.0)
+    assert not goal_met(noisy, paired_difference([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]))
+
+
+def test_goal_needs_overall_miou_not_lower_and_two_seeds() -> None:
+    hard = paired_difference([2.0, 2.1, 1.9], [0.0, 0.0, 0.0])
+    assert goal_met(hard, paired_difference([0.0, 0.1, 0.0], [0.0, 0.0, 0.0]))
+    assert not goal_met(hard, paired_difference([-0.5, -0.4, -0.6], [0.0, 0.0, 0.0]))
+    assert not goal_met(paired_difference([5.0], [0.0]), paired_difference([1.0], [0.0]))
+
+
+def test_summarise_seeds_per_model_and_paired() -> None:
+    per_seed = {
+        1: {"baseline": scores(30.0, 20.0, 10.0), "joint": scores(31.0, 23.0, 16.0)},
+        0: {"baseline": scores(28.0, 18.0, 12.0), "joint": scores(28.5, 20.0, 14.0)},
+    }
+    s = summarise_seeds(per_seed, compared=["joint"])
+    assert s.seeds == [0, 1]
+    assert s.models["baseline"].miou.mean == pytest.approx(29.0)
+    assert s.models["joint"].iou["person"].mean == pytest.approx(15.0)
+    pj = s.paired["joint"]
+    assert pj.hard_miou.diffs == pytest.approx([2.0, 3.0])  # seed order, not insertion order
+    assert pj.miou.diffs == pytest.approx([0.5, 1.0])
+    assert pj.hard_miou.se == pytest.approx(0.5)
+    assert pj.goal_met  # 2.5 > 2 * 0.5 and mIoU +0.75
+    with pytest.raises(ValueError, match="cannot pair"):
+        summarise_seeds(per_seed, compared=["student"])
+    with pytest.raises(ValueError, match="scores models"):
+        summarise_seeds({0: {"baseline": scores(1, 1, 1)}, 1: {"joint": scores(1, 1, 1)}})
+
+
+@pytest.mark.slow
+def test_study_script_end_to_end(tmp_path: Path) -> None:
+    """The real CLI chain at the smoke size: two seeds, baseline and joint student, evaluated."""
+    out = tmp_path / "study"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/study.py", "--size", "smoke", "--epochs", "1", "--seeds", "0,1",
+         "--models", "baseline,joint", "--threads", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((out / "study.json").read_text())
+    assert result["seeds"] == [0, 1]
+    assert set(result["per_seed"]["0"]) == {"baseline", "joint"}
+    paired = result["summary"]["paired"]["joint"]["hard_miou"]
+    per_seed_diff = [result["per_seed"][s]["joint"]["hard_miou"] - result["per_seed"][s]["baseline"]["hard_miou"] for s in ("0", "1")]
+    assert paired["diffs"] == pytest.approx(per_seed_diff)
+    # Each seed's models were scored by a real `m2s evaluate` artifact.
+    for s in (0, 1):
+        metrics = json.loads((out / f"seed{s}" / "eval" / "metrics.json").read_text())
+        assert set(metrics["models"]) == {"baseline", "joint"}
+    assert (out / "study.png").stat().st_size > 0
+    assert "| joint |" in (out / "study.md").read_text()

@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
         for f in [pool.submit(train_model, plan, s, m) for s, m in tasks]:
             f.result()
-    per_seed = {s: evaluate_seed(plan, s) for s in plan.seeds}
+        evaluations = {s: pool.submit(evaluate_seed, plan, s) for s in plan.seeds}
+        per_seed = {s: f.result() for s, f in evaluations.items()}
     hard_classes = per_seed[plan.seeds[0]].pop("_hard_classes")
     for s in plan.seeds[1:]:
         per_seed[s].pop("_hard_classes")

@@ -55,6 +55,7 @@ def _distill_cli(tiny_data, out: Path, cfg: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow  # needs the 2-epoch teacher (real training)
 def test_every_student_voxel_has_its_teacher_voxel_at_every_scale(tiny_data, teacher):
     labels = load_label_manifest()
     loaded = load_model_artifact(teacher, backend="torch")
@@ -81,6 +82,7 @@ def torch_sparse(view):
     return view_to_sparse(view)
 
 
+@pytest.mark.slow  # needs the 2-epoch teacher (real training)
 def test_distilled_student_runs_end_to_end_and_exports_only_the_student(tiny_data, teacher, tmp_path):
     cfg = _student_config(tiny_data, tmp_path, **KD)
     out = tmp_path / "student"
@@ -102,6 +104,7 @@ def test_distilled_student_runs_end_to_end_and_exports_only_the_student(tiny_dat
     assert loaded.model_cfg.width == 0.125
 
 
+@pytest.mark.slow  # two real `m2s distill` runs (~3.5 s)
 def test_baseline_needs_no_teacher_and_matches_a_zero_weight_run(tiny_data, tmp_path):
     cfg = _student_config(tiny_data, tmp_path)
     a, b = tmp_path / "a", tmp_path / "b"
@@ -115,6 +118,7 @@ def test_baseline_needs_no_teacher_and_matches_a_zero_weight_run(tiny_data, tmp_
     assert ma.metrics["epochs"][0]["train"] == mb.metrics["epochs"][0]["train"]
 
 
+@pytest.mark.slow  # needs the 2-epoch teacher (real training)
 def test_distillation_without_teacher_or_with_a_mismatched_teacher_is_refused(tiny_data, teacher, tmp_path):
     cfg = _student_config(tiny_data, tmp_path, **KD)
     res = CliRunner().invoke(app, _distill_cli(tiny_data, tmp_path / "x", cfg))
@@ -126,6 +130,7 @@ def test_distillation_without_teacher_or_with_a_mismatched_teacher_is_refused(ti
     assert res.exit_code == 1 and "voxel" in res.output
 
 
+@pytest.mark.slow  # needs the 2-epoch teacher (real training)
 def test_distill_module_terms_and_teacher_stays_frozen(tiny_data, teacher):
     labels = load_label_manifest()
     loaded = load_model_artifact(teacher, backend="torch")
@@ -149,6 +154,7 @@ def test_distill_module_terms_and_teacher_stays_frozen(tiny_data, teacher):
 JOINT = {"mode": "joint", "logit_weight": 5.0, "affinity_weight": 1.0, "fused_ce_weight": 0.2}
 
 
+@pytest.mark.slow  # needs the 2-epoch teacher (real training)
 def test_joint_mode_needs_no_teacher_artifact_and_logs_its_fused_branch(tiny_data, teacher, tmp_path):
     cfg = _student_config(tiny_data, tmp_path, **{k: v for k, v in JOINT.items() if k != "mode"})
     out = tmp_path / "joint"

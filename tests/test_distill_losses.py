@@ -476,13 +476,13 @@ def test_graph_config_errors() -> None:
 # ---- config ----------------------------------------------------------------------------------
 def test_config_defaults_and_validation() -> None:
     cfg = DistillConfig()
-    assert cfg.logit_weight == 5.0 and cfg.affinity_weight == 1.0
+    assert cfg.logit_weight == 5.0 and cfg.affinity_weight == 0.0  # official affinity weight 1: off, measured
     assert cfg.affinity_exclude_classes == [1]
     assert not cfg.is_baseline
     assert DistillConfig(logit_weight=0, affinity_weight=0).is_baseline
     for bad in ({"logit_weight": -1}, {"graph_weight": -0.1}, {"temperature": 0}, {"graph_k": 129},
                 {"affinity_max_points_per_instance": 1}, {"nonsense": 1},
-                {"affinity_source": "features"}, {"feature_weight": 1.0, "feature_layers": []},
+                {"affinity_weight": 1.0, "affinity_source": "features"}, {"feature_weight": 1.0, "feature_layers": []},
                 {"feature_layers": ["decoder", "decoder"]}, {"affinity_exclude_classes": [-2]}):
         with pytest.raises(ValidationError):
             DistillConfig(**bad)
@@ -495,7 +495,7 @@ def test_config_defaults_and_validation() -> None:
 
 def test_config_warmup_schedule() -> None:
     assert DistillConfig().weight_scale(0.0) == 1.0
-    cfg = DistillConfig(warmup_epochs=2.0, feature_weight=2.0)
+    cfg = DistillConfig(warmup_epochs=2.0, feature_weight=2.0, affinity_weight=1.0)
     assert [cfg.weight_scale(e) for e in (0.0, 0.5, 1.0, 2.0, 10.0)] == [0.0, 0.25, 0.5, 1.0, 1.0]
     assert cfg.scaled_weights(1.0) == {"logit": 2.5, "feature": 1.0, "affinity": 0.5, "graph": 0.0}
     with pytest.raises(ValueError):

@@ -33,7 +33,16 @@ from m2s.data.semantickitti import (
     write_times,
 )
 from m2s.errors import ArtifactError, ConfigError, DataError
-from m2s.fuse import CacheStorage, FuseConfig, FuseProgress, HardSpec, fuse_dataset, fuse_sequence, open_fused_cache
+from m2s.fuse import (
+    CacheStorage,
+    FuseConfig,
+    FuseProgress,
+    HardSpec,
+    fuse_dataset,
+    fuse_sequence,
+    open_fused_cache,
+    sequence_file,
+)
 from m2s.fuse.align import icp_align, icp_align_batch, kabsch
 from m2s.fuse.config import IcpConfig
 from m2s.labels import load_label_manifest, make_label_word, split_label_word
@@ -249,6 +258,50 @@ def test_auto_detects_motion_by_displacement(tmp_path: Path) -> None:
     auto = _blocks(seq, window=3, align="auto")[-1]
     planar = _blocks(seq, window=3, align="planar")[-1]
     np.testing.assert_array_equal(_instance_points(auto, WALKER_ID, True), _instance_points(planar, WALKER_ID, True))
+
+
+def _hard_instance_rows(words: np.ndarray) -> dict[int, np.ndarray]:
+    """Rows (in scan order) of each hard-class instance of a raw scan: instance id -> rows."""
+    sem, ids = split_label_word(words)
+    hard = np.isin(sem, list(HARD_RAW)) & (ids != 0)
+    return {int(i): np.flatnonzero(hard & (ids == i)) for i in np.unique(ids[hard])}
+
+
+@pytest.mark.parametrize("align", ["pose", "auto"])
+def test_fused_rows_are_their_source_points_column_by_column(dataset: Path, align: str) -> None:
+    """Every fused column against the raw source scan, row for row: the fused rows of block f are,
+    per admitted source frame g (ascending), per instance id present in both scans (ascending),
+    that instance's points of scan g in scan order. Remission, label word and source are copied
+    exactly; with `pose`, x/y/z is the source point moved by the known ego motion."""
+    seq = Sequence(dataset, "00")
+    window = 3
+    raw = {f: seq.read_scan_and_labels(f) for f in seq.frames}
+    checked = 0
+    for b in _blocks(seq, window=window, align=align):
+        in_target = _hard_instance_rows(raw[b.frame][1])
+        xyz, rem, word, src = [], [], [], []
+        for g in range(max(0, b.frame - window), b.frame):
+            pts, words = raw[g]
+            rows_g = _hard_instance_rows(words)
+            for inst in sorted(set(rows_g) & set(in_target)):
+                rows = rows_g[inst]
+                rel = np.linalg.inv(_ego_pose(b.frame)) @ _ego_pose(g)  # the simulated motion, not the files
+                xyz.append(_apply(rel, pts[rows, :3].astype(np.float64)))
+                rem.append(pts[rows, 3])
+                word.append(words[rows])
+                src.append(np.full(rows.shape[0], g))
+        n = b.n_target
+        if b.frame == 0:  # nothing before the first scan
+            assert b.points.shape[0] == n
+            continue
+        assert b.points.shape[0] - n == sum(len(r) for r in rem)
+        checked += b.points.shape[0] - n
+        np.testing.assert_array_equal(b.points[n:, 3], np.concatenate(rem))  # remission of the same point
+        np.testing.assert_array_equal(b.label[n:], np.concatenate(word))
+        np.testing.assert_array_equal(b.source[n:], np.concatenate(src))
+        if align == "pose":
+            np.testing.assert_allclose(b.points[n:, :3], np.concatenate(xyz), atol=2e-4)
+    assert checked > 5000
 
 
 def test_hard_class_override(dataset: Path) -> None:
@@ -481,38 +534,53 @@ def test_parallel_workers_match_serial(dataset: Path, cache_dir: Path, tmp_path:
     assert {(e.sequence, e.state) for e in events if e.state == "done"} == {("00", "done"), ("01", "done")}
 
 
+@pytest.mark.slow  # a real process killed mid-write, resumed, and an uninterrupted run (~5 s)
 def test_kill_mid_run_then_resume(tmp_path: Path) -> None:
-    """SIGKILL a real `m2s fuse` process while it writes, then resume."""
+    """SIGKILL a real `m2s fuse` process while it writes sequence 01, resume, and get the very files
+    of an uninterrupted run."""
     root = tmp_path / "root"
     make_sequence(root, "00", 6, seed=0)
+    # Large enough that writing 01 takes a good fraction of a second: the kill lands mid-write.
     make_sequence(root, "01", 120, seed=1, n_background=60000)
     out = tmp_path / "out"
+    cfg = FuseConfig(window=2, align="centroid")
     cmd = [sys.executable, "-c", "from cli.main import app; app()", "fuse", str(root), "--sequences", "00,01",
            "--out", str(out), "--window", "2", "--align", "centroid"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    killed = False
-    while time.monotonic() < deadline and proc.poll() is None:
-        if list((out / "sequences").glob(".01.h5.*.tmp")) if (out / "sequences").is_dir() else []:
-            time.sleep(0.2)
-            proc.send_signal(signal.SIGKILL)
-            killed = True
-            break
-        time.sleep(0.01)
-    proc.wait()
-    print(f"killed mid-run: {killed}")
-    if killed:
-        assert not (out / "manifest.json").exists()
-        assert (out / "sequences" / "00.h5").exists() and not (out / "sequences" / "01.h5").exists()
-    res = fuse_dataset(root, out, ["00", "01"], FuseConfig(window=2, align="centroid"), LABELS)
-    if killed:
-        assert res.skipped == ["00"] and res.written == ["01"]
-    assert not list((out / "sequences").glob("*.tmp"))
+    seqs = out / "sequences"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if seqs.is_dir() and list(seqs.glob(".01.h5.*.tmp")):  # 01 is being written
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+    finally:
+        if proc.poll() is None and time.monotonic() >= deadline:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the fuse run was not killed mid-write (exit {proc.returncode})"
+    # What a kill leaves: 00 complete, 01 only as a temporary file, no manifest.
+    assert not (out / "manifest.json").exists()
+    assert (seqs / "00.h5").exists() and not (seqs / "01.h5").exists()
+    assert list(seqs.glob(".01.h5.*.tmp"))
+
+    res = fuse_dataset(root, out, ["00", "01"], cfg, LABELS)
+    assert res.skipped == ["00"] and res.written == ["01"]
+    assert not list(seqs.glob("*.tmp"))
+
+    ref = fuse_dataset(root, tmp_path / "uninterrupted", ["00", "01"], cfg, LABELS)
+    assert res.manifest.content_id == ref.manifest.content_id
+    assert [(f.path, f.sha256, f.size) for f in res.manifest.files] == [(f.path, f.sha256, f.size) for f in ref.manifest.files]
+    for s in ("00", "01"):
+        for name, a, b in zip(("frame", "offset", "n_target", "points", "label", "source"),
+                              _read_all(out, s), _read_all(ref.out, s)):
+            np.testing.assert_array_equal(a, b, err_msg=f"{s}.h5 {name}")
+        assert (seqs / f"{s}.h5").read_bytes() == sequence_file(ref.out, s).read_bytes()
     cache = open_fused_cache(out)
     assert len(cache) == 126
-    seq = Sequence(root, "01")
     b = cache.read_block(6 + 119)
-    assert b.points[: b.n_target].tobytes() == seq.scan_path(119).read_bytes()
+    assert b.points[: b.n_target].tobytes() == Sequence(root, "01").scan_path(119).read_bytes()
 
 
 # ---- bad inputs ----------------------------------------------------------------------------

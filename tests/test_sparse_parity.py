@@ -145,6 +145,7 @@ def model_runs(me: SparseBackend, tb: SparseBackend) -> dict[str, tuple]:
     return runs
 
 
+@pytest.mark.slow  # float64 MinkUNet runs on both backends (~9 s setup)
 def test_minkunet_parity_float32_outputs(model_runs: dict[str, tuple]) -> None:
     m_t, lt, ft, _ = model_runs["torch32"]
     m_m, lm, fm, _ = model_runs["minkowski32"]
@@ -156,6 +157,7 @@ def test_minkunet_parity_float32_outputs(model_runs: dict[str, tuple]) -> None:
         assert rel_err(m_m.state_dict()[f"stem.0.bn.{n}"], m_t.state_dict()[f"stem.0.bn.{n}"]) < RTOL
 
 
+@pytest.mark.slow  # float64 MinkUNet runs on both backends (~9 s setup)
 def test_minkunet_parity_float64_every_gradient(model_runs: dict[str, tuple]) -> None:
     """Exact arithmetic parity: in float64 every parameter gradient agrees to 1e-8."""
     _, lt, ft, gt = model_runs["torch64"]
@@ -166,6 +168,7 @@ def test_minkunet_parity_float64_every_gradient(model_runs: dict[str, tuple]) ->
         assert rel_err(gm[n], g) < 1e-8, n
 
 
+@pytest.mark.slow  # float64 MinkUNet runs on both backends (~9 s setup)
 def test_minkunet_float32_gradients_are_as_accurate_on_both_backends(model_runs: dict[str, tuple]) -> None:
     """Float32 whole-network gradients are limited by float32 itself, not by the backend:
     train-mode batch-norm gradients cancel so strongly that EITHER backend in float32 lies

@@ -44,6 +44,7 @@ def trained_teacher(tiny_data, tmp_path_factory):
     return out, res.output
 
 
+@pytest.mark.slow  # an 8-epoch teacher (~15 s)
 def test_teacher_learns_well_beyond_chance_and_writes_a_model_artifact(trained_teacher, tiny_data):
     out, output = trained_teacher
     manifest = load_artifact(out, "model")
@@ -71,6 +72,7 @@ def test_teacher_learns_well_beyond_chance_and_writes_a_model_artifact(trained_t
     assert loaded.input_kind == "fused" and loaded.voxel_size == 0.25
 
 
+@pytest.mark.slow  # the same 8-epoch teacher
 def test_identical_rerun_is_a_no_op_and_unfinished_run_needs_resume(trained_teacher, tiny_data, tmp_path):
     out, _ = trained_teacher
     before = (out / "manifest.json").read_text()
@@ -87,6 +89,7 @@ def test_identical_rerun_is_a_no_op_and_unfinished_run_needs_resume(trained_teac
     assert res.exit_code == 1 and "--resume" in res.output
 
 
+@pytest.mark.slow  # two real runs and a SIGKILL (~13 s)
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tiny_data, tmp_path):
     args = ["--epochs", "4", "--max-scans", "6"]
     full = tmp_path / "full"
@@ -143,6 +146,7 @@ class _NaNAfter(torch.nn.Module):
         return loss, {"sq": loss.detach()}
 
 
+@pytest.mark.slow  # two real training runs (~3 s)
 def test_nan_loss_stops_with_a_clear_message_and_a_resumable_checkpoint(tiny_data, tmp_path):
     from m2s.models import build_model
 
@@ -209,6 +213,7 @@ def test_config_validation_and_overrides(tmp_path):
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow  # two DDP processes (~10 s)
 def test_ddp_two_processes_on_cpu_gloo(tiny_data, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():

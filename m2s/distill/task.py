@@ -182,7 +182,7 @@ class DistillModule(nn.Module):
             # it teaches the single branch only through detached outputs.
             f_logits, f_feats = self._run(self.net, fused)
             t_logits_all = f_logits.detach()
-            t_feats = {k: v.detach() for k, v in f_feats.items()}
+            t_feats = {k: v.replace(v.feats.detach()) for k, v in f_feats.items()}
         else:
             t_logits_all, t_feats = self._run_teacher(batch)
         corr = BatchCorrespondence(

@@ -48,6 +48,7 @@ def handle_errors(fn: F) -> F:
         except (M2SError, OSError) as exc:
             if is_debug():
                 raise
+            out.file.flush()  # a progress line already on stdout ends before the error line
             err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:

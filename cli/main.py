@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli.common import DEBUG_ENV, set_debug
-from cli.commands import distill, evaluate, fuse, inspect, synth, train
+from cli.commands import distill, evaluate, fuse, inspect, show, synth, train
 
 app = typer.Typer(
     name="m2s",
@@ -29,6 +29,7 @@ app.command("train-teacher")(train.train_teacher)
 app.command("distill")(distill.distill)
 app.command("evaluate")(evaluate.evaluate)
 app.command("inspect")(inspect.inspect)
+app.command("show")(show.show)
 
 
 def main() -> None:

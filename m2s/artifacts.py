@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ KNOWN_KINDS = frozenset({"dataset", "fused-cache", "model", "evaluation"})
 
 # Per-kind format versions: bump when the files of that kind change incompatibly.
 FORMAT_VERSIONS: dict[str, int] = {"dataset": 1, "fused-cache": 1, "model": 1, "evaluation": 1}
+# Files hashed at once when verifying an artifact (bounded by the CPU count).
+_HASH_THREADS = 8
 
 
 class ArtifactInput(BaseModel):
@@ -154,22 +158,50 @@ def load_artifact(path: str | Path, kind: str) -> Manifest:
             f"{Path(path)}: {kind} format version {manifest.format_version} is not supported "
             f"(this m2s reads version {FORMAT_VERSIONS[kind]}); re-create it with this m2s"
         )
+    check_content_id(path, manifest)
     return manifest
+
+
+def check_content_id(path: str | Path, manifest: Manifest) -> None:
+    """Refuse a manifest whose config or inputs no longer hash to its content id (edited by hand)."""
+    if compute_content_id(manifest.kind, manifest.config, manifest.inputs) != manifest.content_id:
+        raise ArtifactError(
+            f"{manifest_path(path)}: config or inputs do not match the content id {manifest.content_id} "
+            "(manifest edited by hand?); re-create the artifact instead of editing it"
+        )
+
+
+def verify_artifact_files(folder: str | Path, manifest: Manifest) -> None:
+    """Raise on the first listed file that is missing or whose size/sha256 differ, naming it."""
+    folder = manifest_path(folder).parent
+    problems = verify_files(folder, manifest)
+    if problems:
+        rel, _, why = problems[0].partition(": ")
+        more = f" (and {len(problems) - 1} more file(s))" if len(problems) > 1 else ""
+        raise ArtifactError(f"{folder / rel}: {why}, the {manifest.kind} artifact is corrupted{more}; re-create it")
 
 
 def verify_files(folder: str | Path, manifest: Manifest) -> list[str]:
     """Return one message per listed file that is missing or whose size/sha256 differ."""
     folder = Path(folder) if Path(folder).name != MANIFEST_NAME else Path(folder).parent
-    problems = []
-    for rec in manifest.files:
+    problems: dict[int, str] = {}
+    to_hash: list[int] = []
+    for i, rec in enumerate(manifest.files):  # cheap checks first: presence and size
         p = folder / rec.path
         if not p.is_file():
-            problems.append(f"{rec.path}: missing")
+            problems[i] = f"{rec.path}: missing"
         elif p.stat().st_size != rec.size:
-            problems.append(f"{rec.path}: size {p.stat().st_size} != {rec.size}")
-        elif sha256_file(p) != rec.sha256:
-            problems.append(f"{rec.path}: sha256 mismatch")
-    return problems
+            problems[i] = f"{rec.path}: size {p.stat().st_size} != {rec.size}"
+        else:
+            to_hash.append(i)
+    # hashlib releases the GIL on large updates: files are hashed in parallel threads.
+    workers = max(1, min(len(to_hash), os.cpu_count() or 1, _HASH_THREADS))
+    with ThreadPoolExecutor(workers) as pool:
+        digests = pool.map(lambda i: sha256_file(folder / manifest.files[i].path), to_hash)
+        for i, digest in zip(to_hash, digests):
+            if digest != manifest.files[i].sha256:
+                problems[i] = f"{manifest.files[i].path}: sha256 mismatch"
+    return [problems[i] for i in sorted(problems)]
 
 
 def as_input(folder: str | Path, manifest: Manifest) -> ArtifactInput:
@@ -189,3 +221,18 @@ def existing_artifact(folder: str | Path, kind: str, content_id: str, *, verify:
     if verify and verify_files(folder, manifest):
         return None
     return manifest
+
+
+def check_output_folder(out: str | Path, kind: str) -> None:
+    """Refuse an output folder that holds an artifact of another kind: it is never overwritten.
+
+    An unreadable manifest is the stage's own to replace (a torn write of an earlier run)."""
+    if not manifest_path(out).is_file():
+        return
+    try:
+        found = read_manifest(out).kind
+    except ArtifactError:
+        return
+    if found != kind:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ArtifactError(f"{Path(out)}: holds a {found} artifact, not {article} {kind}; choose another output folder")

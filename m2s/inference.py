@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from m2s.artifacts import Manifest, load_artifact, verify_files
+from m2s.artifacts import Manifest, load_artifact, verify_artifact_files
 from m2s.errors import ArtifactError, ConfigError
 from m2s.models import ModelConfig, build_model
 from m2s.sparse.tensor import SparseTensor
@@ -104,10 +104,8 @@ def load_model_artifact(
 
     folder = Path(path)
     manifest = load_artifact(folder, "model")
-    if verify:
-        problems = verify_files(folder, manifest)
-        if problems:
-            raise ArtifactError(f"{folder}: files do not match the manifest: {'; '.join(problems[:3])}")
+    if verify:  # sha256 of the weights, checkpoint and log before anything is built from them
+        verify_artifact_files(folder, manifest)
     try:
         model_cfg = ModelConfig.model_validate(manifest.config["model"])
         voxel = VoxelConfig.model_validate(manifest.config["voxel"])

@@ -9,8 +9,12 @@ DEMO_VAL_SEQ ?= 08
 DEMO_TEACHER_CFG ?= pipelines/configs/demo-teacher.yaml
 DEMO_STUDENT_CFG ?= pipelines/configs/demo-student.yaml
 DEMO_TRAIN_ARGS ?=
+# `make demo-images`: the README's "Look at the results" images, from the demo's validation cache.
+DEMO_IMAGES ?= docs/images
+DEMO_SHOW_FRAME ?= 20
+DEMO_SHOW_ARGS ?= --views bev,range,fused --crops --max-crops 3 --extent 30 --resolution 0.1 --point-px 2
 
-.PHONY: demo demo-clean
+.PHONY: demo demo-clean demo-images
 demo: $(DEMO)/eval/manifest.json
 	@echo "comparison table: $(DEMO)/eval/evaluation.csv   plots: $(DEMO)/eval/plots/"
 	@column -s, -t < $(DEMO)/eval/evaluation.csv
@@ -25,6 +29,18 @@ $(DEMO)/fused-val/manifest.json: $(DEMO)/data/manifest.json
 	$(M2S) fuse $(DEMO)/data --sequences $(DEMO_VAL_SEQ) --out $(DEMO)/fused-val
 
 $(eval $(call m2s_chain,$(DEMO),$(DEMO_TEACHER_CFG),$(DEMO_STUDENT_CFG),$(DEMO_TRAIN_ARGS)))
+
+# Ground truth beside the baseline's and the distilled student's predictions (and their errors) in
+# bird's-eye and range views, the fused block by source frame, crops of hard-class instances, and
+# the student's training curves.
+demo-images: $(DEMO)/baseline/manifest.json $(DEMO)/student/manifest.json $(DEMO)/fused-val/manifest.json
+	$(M2S) show --sequence $(DEMO_VAL_SEQ) --frames $(DEMO_SHOW_FRAME) --data $(DEMO)/data --cache $(DEMO)/fused-val \
+		--model $(DEMO)/baseline --model $(DEMO)/student $(DEMO_SHOW_ARGS) --out $(DEMO)/images
+	mkdir -p $(DEMO_IMAGES)
+	for v in bev range fused crops; do \
+		cp $(DEMO)/images/$$(printf '%s_%06d' $(DEMO_VAL_SEQ) $(DEMO_SHOW_FRAME))_$$v.png $(DEMO_IMAGES)/show-$$v.png; done
+	cp $(DEMO)/student/plots/training.png $(DEMO_IMAGES)/training.png
+	@echo "images: $(DEMO_IMAGES)/show-{bev,range,fused,crops}.png $(DEMO_IMAGES)/training.png"
 
 demo-clean:
 	rm -rf $(DEMO)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 
-SUBCOMMANDS = ["synth", "fuse", "train-teacher", "distill", "evaluate", "inspect"]
+SUBCOMMANDS = ["synth", "fuse", "train-teacher", "distill", "evaluate", "inspect", "show"]
 
 
 def test_help_lists_every_stage():

@@ -246,7 +246,7 @@ def test_only_unlabeled_sequences_still_exports(tmp_path: Path) -> None:
     r = outcome.report.models["m"]
     assert r.scans == 0 and r.miou is None and r.scans_predicted == 2
     assert prediction_path(out / "predictions", "11", 1).is_file()
-    assert {f.path for f in outcome.manifest.files} == {"metrics.json", "evaluation.csv"}
+    assert {f.path for f in outcome.manifest.files} == {"metrics.json", "evaluation.csv", "submission.zip"}
 
 
 def test_several_models_export_into_named_subfolders(tmp_path: Path) -> None:

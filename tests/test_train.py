@@ -232,3 +232,8 @@ def test_ddp_two_processes_on_cpu_gloo(tiny_data, tmp_path):
     # each rank saw half of the 6 scans per epoch: 2 ranks x 2 batches of <= 2 scans
     steps = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in steps) == 4
+    # out-of-range counts are summed over the ranks: each epoch counts every point of the 6 scans
+    cache = open_fused_cache(tiny_data.train_cache)
+    pick = np.unique(np.linspace(0, len(cache) - 1, num=6).round().astype(int))
+    total = sum(cache.read_block(int(i)).points.shape[0] for i in pick)
+    assert [e["out_of_range"]["fused"]["points"] for e in epochs] == [total, total]

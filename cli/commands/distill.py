@@ -26,13 +26,16 @@ def distill(
     epochs: int | None = typer.Option(None, "--epochs", min=1),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
     lr: float | None = typer.Option(None, "--lr"),
-    backend: str | None = typer.Option(None, "--backend", help="auto|torch|minkowski"),
+    backend: str | None = typer.Option(None, "--backend", help="auto|torch|minkowski|spconv"),
     device: str | None = typer.Option(None, "--device", help="auto|cpu|cuda"),
     workers: int | None = typer.Option(None, "--workers", min=0),
     max_scans: int | None = typer.Option(None, "--max-scans", min=1),
     seed: int | None = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
     labels: Path | None = typer.Option(None, "--labels", help="Label manifest YAML (default: shipped)."),
+    tensorboard: Path | None = typer.Option(
+        None, "--tensorboard", help="Also write the per-epoch scalars as TensorBoard events to DIR (needs the tensorboard extra)."
+    ),
 ) -> None:
     """Train the single-scan student: distilled from a frozen teacher (--teacher), from its own fused-view
     branch (--mode joint), or without distillation (--kd none: the baseline)."""
@@ -58,7 +61,7 @@ def distill(
     with training_progress(role) as on_event:
         manifest, result = run_distillation(
             cfg, load_label_manifest(labels), caches=cache, val_caches=val_cache, out=out_dir,
-            teacher=teacher, resume=resume, on_event=on_event,
+            teacher=teacher, resume=resume, on_event=on_event, tensorboard=tensorboard,
         )
     if result is None:
         out.print(f"[green]up to date:[/] {out_dir} already holds this {role} ({manifest.content_id})")

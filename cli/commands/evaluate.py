@@ -27,6 +27,7 @@ class BackendChoice(str, Enum):
     auto = "auto"
     torch = "torch"
     minkowski = "minkowski"
+    spconv = "spconv"
 
 
 class DeviceChoice(str, Enum):
@@ -104,7 +105,13 @@ def evaluate(
     ),
     out_dir: Path = typer.Option(..., "--out", help="Output folder (an `evaluation` artifact)."),
     export_labels: bool = typer.Option(
-        False, "--export-labels", help="Also write predictions in the benchmark submission layout (works for unlabeled test sequences)."
+        False,
+        "--export-labels",
+        help="Also write predictions in the benchmark submission layout and zip them as submission.zip, "
+        "checked like the official validate_submission.py (works for unlabeled test sequences).",
+    ),
+    description: str | None = typer.Option(
+        None, "--description", help="With --export-labels: the text of the zip's description.txt (default: model name and artifact id)."
     ),
     backend: BackendChoice = typer.Option(BackendChoice.auto, "--backend", help="Sparse-convolution backend."),
     device: DeviceChoice = typer.Option(DeviceChoice.auto, "--device", help="Inference device."),
@@ -121,12 +128,21 @@ def evaluate(
         raise typer.BadParameter("--input fused needs --cache (raw scans are single-scan input)")
     if cache is not None and sequences is not None:
         raise typer.BadParameter("--sequences applies to --data; a fused cache evaluates the scans it holds")
+    if description is not None and not export_labels:
+        raise typer.BadParameter("--description is the text of the submission zip: it needs --export-labels")
 
     # Heavy imports only when the command runs, so `m2s --help` stays fast.
+    from m2s.artifacts import check_output_folder, load_artifact
     from m2s.data.semantickitti import parse_sequence_list
     from m2s.evaluation import EvaluationConfig, FusedCacheSource, KittiScanSource, ModelUnderTest, run_evaluation
     from m2s.labels import load_label_manifest
 
+    # Argument checks first, cheapest first: every folder must be the kind of artifact it stands for.
+    for path in models:
+        load_artifact(path, "model")
+    if cache is not None:
+        load_artifact(cache, "fused-cache")
+    check_output_folder(out_dir, "evaluation")
     labels = load_label_manifest(labels_path)
     if data is not None:
         seqs = parse_sequence_list(sequences) if sequences else labels.split_sequences("valid")
@@ -163,6 +179,7 @@ def evaluate(
         batch_size=batch_size or (4 if dev == "cuda" else 1),
         max_scans=max_scans,
         export_labels=export_labels,
+        description=description,
     )
     with progress_bar("[bold]evaluating[/]", TextColumn("scans"), console=err, transient=True) as bar:
         task = bar.add_task("evaluate", total=None)
@@ -183,4 +200,7 @@ def evaluate(
     for name, m in report.models.items():
         if m.exported_to:
             out.print(f"predictions of {name}: {out_dir / m.exported_to} ({m.scans_predicted} scans)")
+    for name, check in outcome.submissions.items():
+        style = "green" if check.full else "yellow"
+        out.print(f"[{style}]{check.path}: valid benchmark layout, {check.summary()}[/]")
     out.print(f"[green]evaluation {outcome.manifest.content_id} written to {out_dir}[/]")

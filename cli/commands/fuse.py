@@ -83,6 +83,8 @@ def fuse(
     tasks: dict[str, TaskID] = {}
 
     def on_progress(ev: FuseProgress) -> None:
+        if ev.state == "start":
+            return  # a sequence's bar appears with its first fused scan: a refused run prints none
         if ev.sequence not in tasks:
             tasks[ev.sequence] = progress.add_task("", total=ev.total or None, seq=ev.sequence, note="")
         note = {"skipped": "[dim]already complete[/]", "done": "[green]done[/]"}.get(ev.state, "")

@@ -19,13 +19,16 @@ def train_teacher(
     epochs: int | None = typer.Option(None, "--epochs", min=1),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
     lr: float | None = typer.Option(None, "--lr"),
-    backend: str | None = typer.Option(None, "--backend", help="auto|torch|minkowski"),
+    backend: str | None = typer.Option(None, "--backend", help="auto|torch|minkowski|spconv"),
     device: str | None = typer.Option(None, "--device", help="auto|cpu|cuda"),
     workers: int | None = typer.Option(None, "--workers", min=0, help="DataLoader worker processes."),
     max_scans: int | None = typer.Option(None, "--max-scans", min=1, help="Train on N scans spread over the cache."),
     seed: int | None = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
     labels: Path | None = typer.Option(None, "--labels", help="Label manifest YAML (default: shipped)."),
+    tensorboard: Path | None = typer.Option(
+        None, "--tensorboard", help="Also write the per-epoch scalars as TensorBoard events to DIR (needs the tensorboard extra)."
+    ),
 ) -> None:
     """Train the teacher on the fused blocks (all rows of each scan's block)."""
     from m2s.labels import load_label_manifest
@@ -41,7 +44,7 @@ def train_teacher(
         caches=cache, val_caches=val_cache, out=out_dir, extra_config={}, extra_inputs=[],
     )
     with training_progress("teacher") as on_event:
-        manifest, result = run_training(spec, cfg, load_label_manifest(labels), teacher_module, resume=resume, on_event=on_event)
+        manifest, result = run_training(spec, cfg, load_label_manifest(labels), teacher_module, resume=resume, on_event=on_event, tensorboard=tensorboard)
     if result is None:
         out.print(f"[green]up to date:[/] {out_dir} already holds this teacher ({manifest.content_id})")
         return

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from m2s.errors import DataError
+from m2s.artifacts import MANIFEST_NAME, read_manifest
+from m2s.errors import ArtifactError, DataError
 from m2s.io_utils import atomic_path
 
 POINT_DTYPE = np.float32
@@ -51,7 +52,7 @@ def read_scan(path: str | Path) -> np.ndarray:
     return points
 
 
-def read_labels(path: str | Path, expected_count: int | None = None) -> np.ndarray:
+def read_labels(path: str | Path, expected_count: int | None = None, scan_path: str | Path | None = None) -> np.ndarray:
     """Read a `.label` file as uint32 (N,); checks the count against the scan when given."""
     path = Path(path)
     try:
@@ -62,7 +63,8 @@ def read_labels(path: str | Path, expected_count: int | None = None) -> np.ndarr
         raise DataError(f"{path}: size {len(raw)} bytes is not a multiple of 4 (uint32 per point); truncated?")
     labels = np.frombuffer(raw, dtype=LABEL_DTYPE)
     if expected_count is not None and labels.shape[0] != expected_count:
-        raise DataError(f"{path}: {labels.shape[0]} labels but the scan has {expected_count} points")
+        scan = f" ({scan_path})" if scan_path is not None else ""
+        raise DataError(f"{path}: {labels.shape[0]} labels but the scan has {expected_count} points{scan}")
     return labels
 
 
@@ -183,6 +185,19 @@ def sequence_dir(root: str | Path, sequence: str) -> Path:
     return Path(root) / "sequences" / sequence
 
 
+def check_not_an_artifact(root: str | Path) -> None:
+    """Refuse an m2s artifact folder other than a dataset (a fused cache also has `sequences/`),
+    naming its kind, before its files are taken for raw scans."""
+    if not (Path(root) / MANIFEST_NAME).is_file():
+        return
+    try:
+        kind = read_manifest(root).kind
+    except ArtifactError:
+        return  # not ours to judge: a raw root may hold any file
+    if kind != "dataset":
+        raise DataError(f"{root}: holds a {kind} artifact, not a SemanticKITTI dataset root")
+
+
 def normalize_sequence_id(seq: str | int) -> str:
     s = str(seq).strip()
     if not s.isdigit():
@@ -191,6 +206,7 @@ def normalize_sequence_id(seq: str | int) -> str:
 
 
 def list_sequences(root: str | Path) -> list[str]:
+    check_not_an_artifact(root)
     base = Path(root) / "sequences"
     if not base.is_dir():
         raise DataError(f"{root}: not a SemanticKITTI root (no 'sequences/' folder)")
@@ -234,7 +250,7 @@ class Sequence:
     def read_labels(self, frame: int, expected_count: int | None = None) -> np.ndarray:
         if not self.has_labels:
             raise DataError(f"{self.path}: sequence {self.sequence} has no labels folder (test split?)")
-        return read_labels(self.label_path(frame), expected_count)
+        return read_labels(self.label_path(frame), expected_count, self.scan_path(frame))
 
     def read_scan_and_labels(self, frame: int) -> tuple[np.ndarray, np.ndarray]:
         points = self.read_scan(frame)

@@ -13,7 +13,7 @@ from m2s.fuse import FusedCache
 from m2s.labels import LabelManifest
 from m2s.train.engine import EventCallback, TrainResult
 from m2s.train.losses import SegmentationLoss
-from m2s.train.run import RunSpec, run_training
+from m2s.train.run import RunSpec, check_run_folders, run_training
 
 
 def run_distillation(
@@ -26,6 +26,7 @@ def run_distillation(
     teacher: Path | None,
     resume: bool = False,
     on_event: EventCallback | None = None,
+    tensorboard: Path | None = None,
 ) -> tuple[Manifest, TrainResult | None]:
     """Train a single-scan student. With every distillation weight at 0 this is the baseline:
     same data, schedule and seed, no teacher needed (a given teacher is ignored). In joint mode
@@ -40,6 +41,7 @@ def run_distillation(
             raise ConfigError(
                 "distillation needs --teacher MODEL (or --mode joint, or --kd none for the baseline student)"
             )
+        check_run_folders(caches, val_caches, out, teacher)  # kinds first; the teacher's digests next
         loaded = load_teacher(teacher, cfg, labels)
         extra_inputs.append(ArtifactInput(kind="model", id=loaded.manifest.content_id, path=str(teacher)))
     spec = RunSpec(
@@ -60,4 +62,4 @@ def run_distillation(
     def make_module(net: torch.nn.Module, loss: SegmentationLoss, _caches: list[FusedCache]) -> torch.nn.Module:
         return DistillModule(net, loss, cfg, labels, loaded)
 
-    return run_training(spec, cfg, labels, make_module, resume=resume, on_event=on_event)
+    return run_training(spec, cfg, labels, make_module, resume=resume, on_event=on_event, tensorboard=tensorboard)

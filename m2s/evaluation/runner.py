@@ -24,7 +24,15 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from m2s.artifacts import MANIFEST_NAME, ArtifactInput, Manifest, describe_files, new_manifest, write_manifest
+from m2s.artifacts import (
+    MANIFEST_NAME,
+    ArtifactInput,
+    Manifest,
+    check_output_folder,
+    describe_files,
+    new_manifest,
+    write_manifest,
+)
 from m2s.data.semantickitti import Sequence, normalize_sequence_id, open_sequences
 from m2s.errors import ConfigError, DataError
 from m2s.evaluation.export import LabelExporter
@@ -36,6 +44,14 @@ from m2s.evaluation.metrics import (
     horizontal_distance,
 )
 from m2s.evaluation.plots import safe_name, write_plots
+from m2s.evaluation.submission import (
+    SUBMISSION_ZIP,
+    Expected,
+    SubmissionCheck,
+    check_submission,
+    expected_from_dataset,
+    write_submission_zip,
+)
 from m2s.evaluation.report import (
     METRICS_FILE,
     TABLE_FILE,
@@ -45,6 +61,7 @@ from m2s.evaluation.report import (
     write_metrics_json,
     write_table_csv,
 )
+from m2s import __version__
 from m2s.labels import LabelManifest
 
 InputKind = Literal["single", "fused"]
@@ -128,6 +145,11 @@ class KittiScanSource:
                 gt = None if words is None else self.labels.to_train(words, source=seq.label_path(frame))
                 yield ScanItem(seq.sequence, frame, points, points.shape[0], gt)
 
+    def expected_scans(self) -> Expected:
+        """Every scan of the sequences with its point count from the `.bin` size (as the official
+        submission validator counts them)."""
+        return expected_from_dataset(self.root, [s.sequence for s in self.sequences])
+
     def describe(self) -> ArtifactInput:
         h = hashlib.sha256()
         for seq in self.sequences:
@@ -167,6 +189,13 @@ class FusedCacheSource:
                 gt = self.labels.to_train(block.label[:n], source=where)
             yield ScanItem(normalize_sequence_id(block.sequence), int(block.frame), block.points, n, gt)
 
+    def expected_scans(self) -> Expected:
+        """Every scan of the cache; point counts unknown without reading each block (None)."""
+        out: Expected = {}
+        for seq, frame in getattr(self.cache, "index", []):
+            out.setdefault(normalize_sequence_id(seq), {})[int(frame)] = None
+        return out
+
     def describe(self) -> ArtifactInput:
         return ArtifactInput(kind=self.kind, id=str(self.cache.content_id), path=str(self.path))
 
@@ -176,6 +205,7 @@ class EvaluationConfig(BaseModel):
     batch_size: int = Field(1, ge=1)
     max_scans: int | None = Field(None, ge=1)
     export_labels: bool = False
+    description: str | None = None  # description.txt of submission.zip (default: model, artifact id, m2s version)
     distance_edges: list[float] = Field(default_factory=lambda: list(DEFAULT_DISTANCE_EDGES))
 
     @field_validator("distance_edges")
@@ -206,6 +236,7 @@ class EvaluationOutcome:
     manifest: Manifest
     out_dir: Path
     files: list[str]
+    submissions: dict[str, SubmissionCheck] = field(default_factory=dict)  # model name -> its checked zip
 
 
 # ---- checks -------------------------------------------------------------------------------------
@@ -418,6 +449,7 @@ def run_evaluation(
     """Evaluate and write the `evaluation` artifact in `out_dir`: metrics.json, evaluation.csv,
     plots/*.png (+ predictions/ with export) and, last, manifest.json."""
     out = Path(out_dir)
+    check_output_folder(out, "evaluation")
     out.mkdir(parents=True, exist_ok=True)
     # A folder being rewritten must not look finished: the manifest comes back only at the end.
     stale = out / MANIFEST_NAME
@@ -428,10 +460,14 @@ def run_evaluation(
     write_table_csv(out / TABLE_FILE, report)
     plot_paths = write_plots(report, out / PLOTS_DIR, labels.train_names)
     rels = [METRICS_FILE, TABLE_FILE] + [p.relative_to(out).as_posix() for p in plot_paths]
+    submissions = write_submissions(report, models, source, out, config) if config.export_labels else {}
+    rels += [Path(c.path).relative_to(out).as_posix() for c in submissions.values()]
 
+    # Batch size changes speed, not results: it stays out of the content id (and so does an
+    # absent description, so ids of earlier evaluations are unchanged).
+    excluded = {"batch_size"} | ({"description"} if config.description is None else set())
     run_config = {
-        # batch size changes speed, not results: it stays out of the content id
-        "evaluation": config.model_dump(exclude={"batch_size"}),
+        "evaluation": config.model_dump(exclude=excluded),
         "label_digest": labels.digest(),
         "distance_measure": DISTANCE_MEASURE,
         "sequences": report.sequences,
@@ -440,8 +476,42 @@ def run_evaluation(
         ],
     }
     inputs = [m.artifact for m in models if m.artifact is not None] + [source.describe()]
-    manifest = new_manifest(
-        "evaluation", run_config, inputs, files=describe_files(out, rels), metrics=_summary_metrics(report)
-    )
+    metrics = _summary_metrics(report)
+    for name, check in submissions.items():
+        metrics[f"{name}/submission"] = {"zip": Path(check.path).name, "full": check.full, "scans": check.scans,
+                                         "sequences": check.sequences}  # fmt: skip
+    manifest = new_manifest("evaluation", run_config, inputs, files=describe_files(out, rels), metrics=metrics)
     write_manifest(out, manifest)
-    return EvaluationOutcome(report=report, manifest=manifest, out_dir=out, files=rels)
+    return EvaluationOutcome(report=report, manifest=manifest, out_dir=out, files=rels, submissions=submissions)
+
+
+def submission_zip_name(name: str, n_models: int) -> str:
+    return SUBMISSION_ZIP if n_models == 1 else f"submission-{safe_name(name)}.zip"
+
+
+def write_submissions(
+    report: EvaluationReport, models: list[ModelUnderTest], source: ScanSource, out: Path, config: EvaluationConfig
+) -> dict[str, SubmissionCheck]:
+    """Zip each model's exported predictions in the benchmark layout and check the zip against the
+    source's scans (`submission.zip`, or `submission-NAME.zip` per model when several)."""
+    expected_fn = getattr(source, "expected_scans", None)
+    expected: Expected = expected_fn() if expected_fn is not None else {}
+    ids = {unique: (m.artifact.id if m.artifact else None) for unique, m in zip(unique_names([m.name for m in models]), models)}
+    checks: dict[str, SubmissionCheck] = {}
+    for name, result in report.models.items():
+        if not result.exported_to:
+            continue
+        description = config.description or (
+            f"m2s {__version__}: model {name}" + (f" (artifact {ids.get(name)})" if ids.get(name) else "")
+        )
+        zip_path = write_submission_zip(out / result.exported_to, out / submission_zip_name(name, len(report.models)), description)
+        checks[name] = check_submission(zip_path, expected or _expected_from_export(out / result.exported_to))
+    return checks
+
+
+def _expected_from_export(root: Path) -> Expected:
+    """Fallback for a source that cannot list its scans: what was exported (presence only)."""
+    out: Expected = {}
+    for f in sorted(root.glob("sequences/*/predictions/*.label")):
+        out.setdefault(f.parent.parent.name, {})[int(f.stem)] = None
+    return out

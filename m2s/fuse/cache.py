@@ -58,8 +58,8 @@ import h5py
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from m2s.artifacts import FORMAT_VERSIONS, Manifest, load_artifact
-from m2s.errors import ArtifactError
+from m2s.artifacts import FORMAT_VERSIONS, Manifest, load_artifact, verify_artifact_files
+from m2s.errors import ArtifactError, DataError
 from m2s.fuse.fusion import FusedScan
 from m2s.io_utils import atomic_path
 
@@ -263,7 +263,7 @@ class FusedCache:
     workers.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, verify: bool = True) -> None:
         self.path = Path(path)
         self.manifest: Manifest = load_artifact(self.path, KIND)
         cfg = self.manifest.config
@@ -277,6 +277,8 @@ class FusedCache:
         for rec in self.manifest.files:
             if not (self.path / rec.path).is_file():
                 raise ArtifactError(f"{self.path}: file listed in the manifest is missing: {self.path / rec.path}")
+        if verify:  # whole-file sha256 of every sequence file before any of it is used
+            verify_artifact_files(self.path, self.manifest)
         self._index: dict[str, _SequenceIndex] = {}
         for seq in self.sequences:
             self._index[seq] = self._read_index(seq)
@@ -341,14 +343,31 @@ class FusedCache:
         idx = self._index[seq]
         a, b = int(idx.offset[j]), int(idx.offset[j + 1])
         h5 = self._file(seq)
+        try:
+            points, label, source = h5["points"][a:b], h5["label"][a:b], h5["source"][a:b]
+        except (OSError, KeyError) as exc:
+            raise ArtifactError(
+                f"{sequence_file(self.path, seq)}: sequence {seq} frame {int(idx.frames[j])} unreadable ({exc})"
+            ) from None
+        if not np.isfinite(points).all():  # fast path on the whole block; rows counted only on failure
+            finite = np.isfinite(points).all(axis=1)
+            raise DataError(
+                f"{sequence_file(self.path, seq)}: sequence {seq} frame {int(idx.frames[j])}: "
+                f"{int((~finite).sum())} row(s) with non-finite coordinates or remission (corrupted cache)"
+            )
         return FusedBlock(
-            points=h5["points"][a:b],
-            label=h5["label"][a:b],
-            source=h5["source"][a:b],
+            points=points,
+            label=label,
+            source=source,
             n_target=int(idx.n_target[j]),
             sequence=seq,
             frame=int(idx.frames[j]),
         )
+
+    def source_name(self, i: int) -> str:
+        """Where scan `i` comes from, for error messages: file, sequence and frame."""
+        seq, j = self.locate(i)
+        return f"{sequence_file(self.path, seq)} (sequence {seq} frame {int(self._index[seq].frames[j])})"
 
     def close(self) -> None:
         if self._pid == os.getpid():
@@ -372,10 +391,11 @@ class FusedCache:
         self.__dict__.update(state)
 
 
-def open_fused_cache(path: str | Path) -> FusedCache:
-    """Open a fused cache; :class:`ArtifactError` if it is not one, of another format version,
-    or a listed sequence file is missing."""
-    return FusedCache(path)
+def open_fused_cache(path: str | Path, *, verify: bool = True) -> FusedCache:
+    """Open a fused cache; :class:`ArtifactError` if it is not one, of another format version, its
+    manifest was edited, or a listed sequence file is missing or (with `verify`, the default) does
+    not match its recorded size and sha256. Every block read is also checked for non-finite rows."""
+    return FusedCache(path, verify=verify)
 
 
 def sequence_attrs_json(value: Any) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from m2s.data.semantickitti import Sequence
-from m2s.errors import ConfigError
+from m2s.errors import ConfigError, DataError
 from m2s.fuse.align import ExtentMatch, box_extents, box_yaw, concat_ranges, extent_match, icp_align_batch
 from m2s.fuse.config import FuseConfig
 from m2s.labels import LabelManifest
@@ -39,6 +39,7 @@ class HardSpec:
     hard_lut: np.ndarray  # bool (65536,)
     moving_lut: np.ndarray  # bool (65536,): moving-* raw ids
     class_lut: np.ndarray  # int64 (65536,): class index of hard raw ids, -1 otherwise
+    known_lut: np.ndarray  # bool (65536,): raw ids the label map's learning_map knows
 
     @classmethod
     def from_manifest(cls, labels: LabelManifest, hard_classes: list[str] | None) -> "HardSpec":
@@ -56,7 +57,19 @@ class HardSpec:
         class_lut = np.full(_N_RAW, -1, dtype=np.int64)
         for raw in raw_ids:
             class_lut[raw] = names.index(labels.train_names[labels.learning_map[int(raw)]])
-        return cls(names, raw_ids, hard_lut, moving_lut, class_lut)
+        known_lut = np.zeros(_N_RAW, dtype=bool)
+        known_lut[np.fromiter(labels.learning_map.keys(), dtype=np.int64)] = True
+        return cls(names, raw_ids, hard_lut, moving_lut, class_lut, known_lut)
+
+    def check_known(self, words: np.ndarray, source: str) -> None:
+        """Refuse label words whose raw semantic id the label map does not know."""
+        unknown = ~self.known_lut[words & np.uint32(0xFFFF)]
+        if unknown.any():
+            bad = np.unique(words[unknown] & np.uint32(0xFFFF))[:10].tolist()
+            raise DataError(
+                f"{source}: unknown raw semantic id(s) {bad} on {int(unknown.sum())} point(s); "
+                "the label map has no learning_map entry for them (pass the matching --labels)"
+            )
 
 
 @dataclass
@@ -391,6 +404,9 @@ def fuse_sequence(
             horizon = f + cfg.window if cfg.future else f
             while r < total and (r <= i or frames[r] <= horizon):
                 g, points, labels = next(scans)
+                if points.shape[0] == 0:
+                    raise DataError(f"{seq.scan_path(g)}: empty scan (0 points) in sequence {seq.sequence} frame {g}")
+                spec.check_known(labels, f"{seq.label_path(g)} (sequence {seq.sequence} frame {g})")
                 window.append(extract_hard(g, points, labels, spec))
                 pending.append((g, points, labels))
                 r += 1

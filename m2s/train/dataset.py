@@ -175,11 +175,13 @@ class ScanDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _make_view(self, xyz: np.ndarray, rem: np.ndarray, label_words: np.ndarray, hard_raw: np.ndarray) -> View:
+    def _make_view(
+        self, xyz: np.ndarray, rem: np.ndarray, label_words: np.ndarray, hard_raw: np.ndarray, source: str
+    ) -> View:
         kept, coords, p2v, feats = voxelize_scan(xyz, rem, self.voxel)
         words_k = label_words[kept]
         v = coords.shape[0]
-        train = self.labels.to_train(words_k)
+        train = self.labels.to_train(words_k, source=source)
         semantic = (words_k & 0xFFFF).astype(np.int64)
         instance = (words_k >> 16).astype(np.int64)
         instance = np.where(np.isin(semantic, hard_raw), instance, 0)
@@ -202,6 +204,7 @@ class ScanDataset(Dataset):
     def __getitem__(self, i: int) -> Sample:
         ci, bi = self._index[i]
         block = self.caches[ci].read_block(bi)
+        source = self.caches[ci].source_name(bi)
         xyz = block.points[:, :3]
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, i])
@@ -210,11 +213,11 @@ class ScanDataset(Dataset):
         views = {}
         for name in self.views:
             rows = slice(None) if name == "fused" else slice(0, block.n_target)
-            views[name] = self._make_view(xyz[rows], rem[rows], block.label[rows], self._hard_raw[ci])
+            views[name] = self._make_view(xyz[rows], rem[rows], block.label[rows], self._hard_raw[ci], source)
         sample = Sample(views=views, index=i, sequence=block.sequence, frame=block.frame)
         if self.keep_original:
             sample.original_xyz = block.points[: block.n_target, :3].copy()
-            sample.original_labels = self.labels.to_train(block.label[: block.n_target])
+            sample.original_labels = self.labels.to_train(block.label[: block.n_target], source=source)
         return sample
 
     def class_frequencies(self, view: ViewName, max_scans: int) -> np.ndarray:
@@ -226,7 +229,8 @@ class ScanDataset(Dataset):
             block = self.caches[ci].read_block(bi)
             rows = slice(None) if view == "fused" else slice(0, block.n_target)
             keep = in_range_mask(block.points[rows, :3], self.voxel)
-            counts += np.bincount(self.labels.to_train(block.label[rows][keep]), minlength=self.labels.num_classes)
+            train = self.labels.to_train(block.label[rows][keep], source=self.caches[ci].source_name(bi))
+            counts += np.bincount(train, minlength=self.labels.num_classes)
         return counts
 
 

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,42 @@ LAST_CHECKPOINT = "last.pt"
 
 class TrainingDiverged(M2SError):
     """A non-finite loss: the run stopped; the last checkpoint is resumable."""
+
+
+def _batches(loader: DataLoader) -> Iterator[Any]:
+    """Iterate a loader; an m2s error raised in a worker process comes back as its own one line.
+
+    torch re-raises a worker's exception as ``type(exc)("Caught X in DataLoader worker ...
+    Original Traceback ...")``: the original message is the traceback's last line.
+    """
+    try:
+        yield from loader
+    except M2SError as exc:
+        text = str(exc)
+        if "Original Traceback" not in text:
+            raise
+        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+        _, sep, message = last.partition(f"{type(exc).__name__}: ")
+        raise type(exc)(message if sep else last) from None
+
+
+def out_of_range_counts(batch: Any) -> dict[str, list[int]]:
+    """Per view: [points dropped outside `point_range`, points read] over the batch's samples."""
+    counts: dict[str, list[int]] = {}
+    for sample in batch.samples:
+        for name, view in sample.views.items():
+            c = counts.setdefault(name, [0, 0])
+            c[0] += view.n_original - view.kept.shape[0]
+            c[1] += view.n_original
+    return counts
+
+
+def _all_reduce_counts(counts: dict[str, list[int]], device: torch.device) -> dict[str, list[int]]:
+    """Sum per-view [dropped, points] counts over the ranks (every rank has the same views)."""
+    names = sorted(counts)
+    t = torch.tensor([counts[n] for n in names], dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return {n: [int(x) for x in t[i].tolist()] for i, n in enumerate(names)}
 
 
 # ---- devices and processes -----------------------------------------------------------------
@@ -142,7 +178,7 @@ def validate(
     was_training = net.training
     net.eval()
     acc = ConfusionAccumulator(labels.num_classes, labels.ignored_train_ids)
-    for batch in loader:
+    for batch in _batches(loader):
         view = batch.views[view_name].to(device)
         point_pred = predict_batch(net, view, autocast).cpu().numpy()
         start = 0
@@ -325,7 +361,10 @@ class Trainer:
                 self.log_path.unlink()
             # A checkpoint before the first step: a run that diverges at once is still resumable.
             self.save_checkpoint(0, 0, result)
-        self.on_event("start", {"epochs": self.cfg.epochs, "start_epoch": start_epoch, "batches": len(self.train_loader)})
+        self.on_event(
+            "start",
+            {"epochs": self.cfg.epochs, "start_epoch": start_epoch, "batches": len(self.train_loader), "history": list(result.history)},
+        )
         accum = self.cfg.optim.accumulate
         scan_times: list[float] = []
         for epoch in range(start_epoch, self.cfg.epochs):
@@ -339,7 +378,12 @@ class Trainer:
             scans = 0
             self.optimizer.zero_grad(set_to_none=True)
             n_batches = len(self.train_loader)
-            for bi, batch in enumerate(self.train_loader):
+            dropped: dict[str, list[int]] = {}
+            for bi, batch in enumerate(_batches(self.train_loader)):
+                for name, (d, n) in out_of_range_counts(batch).items():
+                    acc = dropped.setdefault(name, [0, 0])
+                    acc[0] += d
+                    acc[1] += n
                 batch = batch.to(self.ctx.device)
                 progress = epoch + bi / max(n_batches, 1)
                 with torch.autocast(self.ctx.device.type, dtype=self.autocast, enabled=self.autocast is not None):
@@ -378,6 +422,8 @@ class Trainer:
                 )
             epoch_time = time.perf_counter() - t_epoch
             scan_times.append(scans / max(epoch_time, 1e-9))
+            if self.ctx.distributed:  # the counts of every rank's share of the epoch
+                dropped = _all_reduce_counts(dropped, self.ctx.device)
             record: dict[str, Any] = {
                 "event": "epoch",
                 "epoch": epoch,
@@ -385,6 +431,8 @@ class Trainer:
                 "train": {k: v / max(count, 1) for k, v in sums.items()},
                 "scans_per_s": scan_times[-1],
                 "seconds": epoch_time,
+                # Points outside voxel.point_range are dropped (documented), counted per view.
+                "out_of_range": {k: {"dropped": d, "points": n} for k, (d, n) in sorted(dropped.items())},
             }
             is_last = epoch + 1 == self.cfg.epochs
             if self.val_loader is not None and ((epoch + 1) % self.cfg.val_every == 0 or is_last):

@@ -8,6 +8,7 @@ distillation module on single scans). The artifact folder holds:
     weights/last.safetensors      the network's weights after the last epoch
     checkpoints/last.pt           full training state for --resume (tensors only, weights_only)
     log.jsonl                     one JSON object per logged step and per epoch
+    plots/training.png            each loss term and validation mIoU / hard mIoU per epoch
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from m2s.artifacts import (
     ArtifactInput,
     Manifest,
     as_input,
+    check_output_folder,
     describe_files,
     existing_artifact,
+    load_artifact,
     new_manifest,
     write_manifest,
 )
@@ -39,6 +42,8 @@ from m2s.train.config import TrainConfig
 from m2s.train.dataset import Batch, ScanDataset, ViewName
 from m2s.train.engine import CHECKPOINT_DIR, LAST_CHECKPOINT, EventCallback, Trainer, TrainResult, setup_run, teardown_run
 from m2s.train.losses import SegmentationLoss, frequency_class_weights
+from m2s.train.plots import TRAINING_PLOT, plot_training
+from m2s.train.tensorboard import TensorBoardLog, require_tensorboard
 
 Role = Literal["teacher", "student", "baseline"]
 
@@ -66,8 +71,19 @@ def task_loss(loss: SegmentationLoss, voxel_logits: torch.Tensor, view: Any) -> 
     return loss(voxel_logits, view.voxel_labels)
 
 
+def check_run_folders(caches: list[Path], val_caches: list[Path], out: Path, teacher: Path | None = None) -> None:
+    """Argument checks, before any file is hashed or read: every --cache/--val-cache folder is a
+    fused cache, a --teacher a model, and --out holds no artifact of another kind."""
+    for path in [*caches, *val_caches]:
+        load_artifact(path, "fused-cache")
+    if teacher is not None:
+        load_artifact(teacher, "model")
+    check_output_folder(out, "model")
+
+
 def open_caches(paths: list[Path], labels: LabelManifest, what: str) -> list[FusedCache]:
-    caches = [open_fused_cache(p) for p in paths]
+    """Open fused caches, verifying every sequence file's sha256 (one line naming a corrupted file)."""
+    caches = [open_fused_cache(p, verify=True) for p in paths]
     digest = labels.digest()
     for c in caches:
         if c.label_digest != digest:
@@ -121,8 +137,19 @@ def run_training(
     *,
     resume: bool = False,
     on_event: EventCallback | None = None,
+    tensorboard: Path | None = None,
 ) -> tuple[Manifest, TrainResult | None]:
-    """Train and write the `model` artifact; a finished identical run is a no-op."""
+    """Train and write the `model` artifact; a finished identical run is a no-op.
+
+    With `tensorboard`, the per-epoch scalars of `plots/training.png` also go to TensorBoard
+    events in that folder (for a finished run: its recorded epochs); without the optional
+    package that is refused before anything else.
+
+    Checked before anything is computed or written, cheapest first: the kind of every input
+    folder and of `--out`, then the inputs' content (sha256 of every cache file)."""
+    if tensorboard is not None:
+        require_tensorboard()
+    check_run_folders(spec.caches, spec.val_caches, spec.out)
     caches = open_caches(spec.caches, labels, "training")
     val_caches = open_caches(spec.val_caches, labels, "validation") if spec.val_caches else []
     hard_raw = sorted({int(x) for c in caches for x in c.hard_raw_ids})
@@ -148,15 +175,28 @@ def run_training(
     out = spec.out
     done = existing_artifact(out, "model", manifest.content_id)
     if done is not None and not resume:
+        if tensorboard is not None:
+            _write_tensorboard(tensorboard, done.metrics.get("epochs", []))
         return done, None
     ckpt = out / CHECKPOINT_DIR / LAST_CHECKPOINT
     if ckpt.exists() and not resume:
         raise M2SError(f"{out} holds an unfinished run; continue it with --resume or choose a new --out")
     if resume and not ckpt.exists():
         raise M2SError(f"--resume: {out} has no checkpoint to resume from")
-    out.mkdir(parents=True, exist_ok=True)
 
     ctx = setup_run(cfg.device)
+    tb = TensorBoardLog(tensorboard) if (tensorboard is not None and ctx.is_main) else None
+
+    def events(kind: str, payload: dict[str, Any]) -> None:
+        if on_event is not None:
+            on_event(kind, payload)
+        if tb is not None:
+            if kind == "start":  # a resumed run: the epochs before the checkpoint
+                for record in payload.get("history", []):
+                    tb.epoch(record)
+            elif kind == "epoch_end":
+                tb.epoch(payload)
+
     try:
         torch.manual_seed(cfg.seed)
         train_ds = ScanDataset(
@@ -172,7 +212,9 @@ def run_training(
         net = build_model(cfg.model, cfg.backend)
         loss = SegmentationLoss(cfg.loss, weights)
         module = make_module(net, loss, caches)
-        trainer = Trainer(cfg, module, train_ds, val_ds, out, labels, ctx, eval_view=spec.eval_view, on_event=on_event)
+        # Created only now: a run refused while reading its data (class frequencies) leaves no folder.
+        out.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(cfg, module, train_ds, val_ds, out, labels, ctx, eval_view=spec.eval_view, on_event=events)
 
         def on_best(epoch: int) -> None:
             save_weights(out / weights_file("best"), trainer.net)
@@ -182,7 +224,8 @@ def run_training(
             save_weights(out / weights_file("last"), trainer.net)
             if not (out / weights_file("best")).exists():  # no validation set: best = last
                 save_weights(out / weights_file("best"), trainer.net)
-            files = [weights_file("best"), weights_file("last"), f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT}", "log.jsonl"]
+            plot_training(result.history, out / TRAINING_PLOT, title=f"{spec.role}: {out.name}")
+            files = [weights_file("best"), weights_file("last"), f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT}", "log.jsonl", TRAINING_PLOT]
             manifest.files = describe_files(out, files)
             manifest.metrics = {
                 "best_epoch": result.best_epoch,
@@ -197,7 +240,18 @@ def run_training(
             write_manifest(out, manifest)
         return manifest, result
     finally:
+        if tb is not None:
+            tb.close()
         teardown_run(ctx)
+
+
+def _write_tensorboard(log_dir: Path, history: list[dict[str, Any]]) -> None:
+    tb = TensorBoardLog(log_dir)
+    try:
+        for record in history:
+            tb.epoch(record)
+    finally:
+        tb.close()
 
 
 def teacher_module(net: torch.nn.Module, loss: SegmentationLoss, caches: list[FusedCache]) -> torch.nn.Module:

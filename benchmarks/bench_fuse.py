@@ -43,6 +43,7 @@ from m2s.data.semantickitti import (  # noqa: E402
 from m2s.fuse import CacheStorage, FuseConfig, HardSpec, fuse_dataset, fuse_sequence, open_fused_cache  # noqa: E402
 from m2s.fuse.cache import write_sequence_file  # noqa: E402
 from m2s.labels import load_label_manifest, make_label_word  # noqa: E402
+from m2s.io_utils import evict_from_page_cache  # noqa: E402
 
 
 # ---- data --------------------------------------------------------------------------------
@@ -103,7 +104,7 @@ def _evict_inputs(seq: Sequence) -> None:
     """Drop the sequence's scans and labels from the page cache (cold-start measurements)."""
     for f in seq.frames:
         for p in (seq.scan_path(f), seq.label_path(f)):
-            _evict(p)
+            evict_from_page_cache(p)
 
 
 def _read_only(seq: Sequence) -> float:
@@ -141,15 +142,6 @@ def _run_child(
     return res
 
 
-def _evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def _time_random_reads(path: Path, n_reads: int, cold: bool, seed: int = 0) -> float:
     """Mean seconds to read one random block (points, label, source) through FusedCache."""
     cache = open_fused_cache(path)
@@ -159,7 +151,7 @@ def _time_random_reads(path: Path, n_reads: int, cold: bool, seed: int = 0) -> f
     for i in order:
         if cold:
             cache.close()
-            _evict(h5file)
+            evict_from_page_cache(h5file)
         t = time.perf_counter()
         cache.read_block(int(i))
         total += time.perf_counter() - t

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -39,15 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2s.fuse import open_fused_cache  # noqa: E402
 from m2s.fuse.cache import sequence_file  # noqa: E402
-
-
-def _evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+from m2s.io_utils import evict_from_page_cache  # noqa: E402
 
 
 def _timed(fn: Any, repeat: int = 3) -> float:
@@ -149,7 +140,7 @@ def main() -> None:
     colds = []
     for _ in range(3):
         for f in files:
-            _evict(f)
+            evict_from_page_cache(f)
         colds.append(_timed(lambda: open_fused_cache(args.cache, verify=True), repeat=1))
     res["open_verify_cold_s"] = min(colds)
     res["sha256_warm_MBps"] = mb / (res["open_verify_warm_s"] - res["open_no_verify_s"])

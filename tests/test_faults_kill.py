@@ -9,10 +9,7 @@ every cache file; the same per-epoch metrics and weights of a model).
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from m2s.artifacts import load_artifact
 from m2s.inference import load_state_dict_file
+from process_kill import run_and_kill_when
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # real processes, killed and rerun (~40 s together on 2 busy cores)
@@ -30,20 +28,7 @@ pytestmark = pytest.mark.slow  # real processes, killed and rerun (~40 s togethe
 
 def kill_when(args: list[str], ready: Callable[[], bool], timeout: float = 240.0) -> None:
     """Run `m2s ARGS` in a real process and SIGKILL it as soon as `ready()` holds."""
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if ready():
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.002)
-    finally:
-        if proc.poll() is None and time.monotonic() >= deadline:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"`m2s {args[0]}` was not killed mid-run (exit {proc.returncode})"
+    run_and_kill_when([sys.executable, "-m", "cli.main", *args], ROOT, ready, timeout)
 
 
 def one_line_refusal(args: list[str], *expected: str) -> str:

@@ -11,10 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -45,6 +42,7 @@ from m2s.fuse import (
 )
 from m2s.fuse.align import icp_align, icp_align_batch, kabsch
 from m2s.fuse.config import IcpConfig
+from process_kill import run_and_kill_when
 from m2s.labels import load_label_manifest, make_label_word, split_label_word
 
 REPO = Path(__file__).resolve().parents[1]
@@ -546,20 +544,9 @@ def test_kill_mid_run_then_resume(tmp_path: Path) -> None:
     cfg = FuseConfig(window=2, align="centroid")
     cmd = [sys.executable, "-c", "from cli.main import app; app()", "fuse", str(root), "--sequences", "00,01",
            "--out", str(out), "--window", "2", "--align", "centroid"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seqs = out / "sequences"
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if seqs.is_dir() and list(seqs.glob(".01.h5.*.tmp")):  # 01 is being written
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.002)
-    finally:
-        if proc.poll() is None and time.monotonic() >= deadline:
-            proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"the fuse run was not killed mid-write (exit {proc.returncode})"
+    # 01 is being written once its temporary file exists
+    run_and_kill_when(cmd, REPO, lambda: seqs.is_dir() and bool(list(seqs.glob(".01.h5.*.tmp"))), 120)
     # What a kill leaves: 00 complete, 01 only as a temporary file, no manifest.
     assert not (out / "manifest.json").exists()
     assert (seqs / "00.h5").exists() and not (seqs / "01.h5").exists()

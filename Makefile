@@ -5,6 +5,10 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 # Set MINKOWSKI=0 to skip building MinkowskiEngine (the `torch` backend needs nothing compiled).
 MINKOWSKI ?= 1
+# spconv 2.x for the `spconv` backend: the CPU wheel by default; a CUDA build for GPUs, e.g.
+# `make setup SPCONV=spconv-cu121` (spconv-cu118/-cu124/-cu126 likewise); SPCONV=0 skips it.
+SPCONV ?= spconv
+SPCONV_VERSION ?= 2.3.8
 PY := $(VENV)/bin/python
 M2S := $(VENV)/bin/m2s
 
@@ -15,6 +19,7 @@ setup:
 	$(PY) -m pip install $(TORCH)
 	$(PY) -m pip install -e '.[dev]'
 	@if [ "$(MINKOWSKI)" = "1" ]; then bash scripts/install_minkowski.sh $(PY); else echo "MINKOWSKI=0: skipping MinkowskiEngine"; fi
+	@if [ "$(SPCONV)" = "0" ]; then echo "SPCONV=0: skipping spconv"; else $(PY) -m pip install "$(SPCONV)==$(SPCONV_VERSION)"; fi
 
 test:
 	$(PY) -m pytest -q
@@ -30,7 +35,7 @@ clean-venv:
 bench: bench-backbone bench-fuse bench-distill
 bench-backbone:
 	@mkdir -p runs/bench
-	$(PY) benchmarks/bench_backbone.py --points 120000 --repeats 5 --backends torch,minkowski --device cpu --json runs/bench/backbone.json
+	$(PY) benchmarks/bench_backbone.py --points 120000 --repeats 5 --backends torch,minkowski,spconv --device cpu --json runs/bench/backbone.json
 bench-fuse:
 	@mkdir -p runs/bench
 	$(PY) benchmarks/bench_fuse.py --scans 200 --storage-scans 60 --reads 100 --json runs/bench/fuse.json

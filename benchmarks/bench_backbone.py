@@ -1,13 +1,15 @@
 """Benchmark: MinkUNet forward+backward on a full-size synthetic scan, per sparse backend.
 
     .venv/bin/python benchmarks/bench_backbone.py --points 120000 --repeats 5 \
-        --backends torch,minkowski --device cpu --json runs/bench_backbone.json
+        --backends torch,minkowski,spconv --device cpu --json runs/bench_backbone.json
 
 All backends run the SAME weights (one state_dict loaded into each model). Reported per
 backend: median forward, backward and total time over ``--repeats`` timed runs (after
 ``--warmup`` untimed ones), and the median time to build all kernel maps of one forward
 on a fresh input (part of the forward time, shown separately). ``ratio`` is total time
-divided by MinkowskiEngine's (<= 1.0 means at least as fast).
+divided by MinkowskiEngine's (<= 1.0 means at least as fast). A backend that is not installed
+is reported as skipped, with the reason. spconv has no bfloat16 kernels: with ``--amp`` on CPU
+its convolutions compute in float32 (see m2s/sparse/spconv_backend.py).
 """
 
 from __future__ import annotations
@@ -101,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--voxel-size", type=float, default=0.05, help="voxel edge in metres")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per backend (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per backend first")
-    p.add_argument("--backends", default="torch,minkowski", help="comma-separated: torch,minkowski")
+    p.add_argument(
+        "--backends", default="torch,minkowski,spconv", help="comma-separated: torch,minkowski,spconv"
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU)")
     p.add_argument("--size", type=int, default=18, choices=[14, 18, 34])
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
     for n in names:
         if n not in BACKEND_NAMES or n == "auto":
-            print(f"error: unknown backend {n!r} (torch, minkowski)", file=sys.stderr)
+            print(f"error: unknown backend {n!r} (torch, minkowski, spconv)", file=sys.stderr)
             return 2
 
     t0 = time.perf_counter()
@@ -151,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.voxel_size} m | device={args.device} threads={torch.get_num_threads()} amp={args.amp} | "
         f"median of {args.repeats} (scan built in {scan_s:.1f} s)"
     )
+    if "spconv" in names:
+        from m2s.sparse import spconv_backend
+
+        print(spconv_backend.describe())
     header = f"{'backend':<10} {'forward ms':>11} {'backward ms':>12} {'fwd+bwd ms':>11} {'kernel map ms':>14} {'ratio':>6}"
     print(header)
     print("-" * len(header))
@@ -164,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{1e3 * r['total_s']:>11.0f} {1e3 * r['kernel_map_s']:>14.0f} {ratio:>6}"
         )
     if args.json is not None:
+        spconv_desc = None
+        if "spconv" in names:
+            from m2s.sparse import spconv_backend
+
+            spconv_desc = spconv_backend.describe()
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "model": cfg.model_dump(),
@@ -177,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "machine": platform.machine(),
+            "spconv": spconv_desc,
             "results": results,
         }
         args.json.write_text(json.dumps(payload, indent=2))

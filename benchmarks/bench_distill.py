@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default="baseline,logit+affinity,all",
                    help=f"comma-separated, from: {', '.join(CONFIGS)}")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "minkowski"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "minkowski", "spconv"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=None, help="keep the generated data here")

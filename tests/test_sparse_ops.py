@@ -313,6 +313,7 @@ def test_get_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="unknown sparse backend"):
         get_backend("cuda")
     monkeypatch.setattr(backend_mod, "minkowski_status", lambda: (False, "cannot import MinkowskiEngine (test)"))
+    monkeypatch.setattr(backend_mod, "spconv_status", lambda: (False, "cannot import spconv (test)"))
     assert get_backend("auto").name == "torch"
     with pytest.raises(BackendUnavailable, match="make setup"):
         get_backend("minkowski")

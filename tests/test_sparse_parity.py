@@ -10,8 +10,7 @@ import torch
 
 from m2s.models import FEATURE_NAMES, ModelConfig, build_model
 from m2s.sparse import OFFSETS_3, SparseBackend, SparseTensor, get_backend, minkowski_status, pack_keys
-from m2s.sparse import voxel_mean, voxelize
-from m2s.sparse.synthetic import synthetic_scan
+from parity_helpers import aligned, rel_err, scan_input, shuffled
 
 pytestmark = pytest.mark.minkowski
 
@@ -29,36 +28,6 @@ def me() -> SparseBackend:
 @pytest.fixture(scope="module")
 def tb() -> SparseBackend:
     return get_backend("torch")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Norm-wise relative error (robust to entries near zero)."""
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
-def aligned(t: SparseTensor, ref: SparseTensor) -> torch.Tensor:
-    """``t``'s features reordered to ``ref``'s row order (same coordinate set required)."""
-    kt, kr = pack_keys(t.coords), pack_keys(ref.coords)
-    order = torch.argsort(kt)
-    pos = torch.searchsorted(kt[order], kr)
-    assert t.stride == ref.stride
-    assert kt.numel() == kr.numel() and torch.equal(kt[order][pos], kr), "coordinate sets differ"
-    return t.feats[order[pos]]
-
-
-def scan_input(points: int, seed: int, voxel: float = 0.05, channels: int = 4) -> SparseTensor:
-    xyz, inten = synthetic_scan(points, seed=seed, extent=40.0)
-    coords, p2v = voxelize(xyz, torch.zeros(points, dtype=torch.long), voxel)
-    feats = voxel_mean(torch.cat([xyz, inten[:, None]], 1), p2v, coords.shape[0])
-    if channels != 4:
-        feats = torch.randn(coords.shape[0], channels, generator=torch.Generator().manual_seed(seed))
-    return SparseTensor(coords, feats)
-
-
-def shuffled(x: SparseTensor, seed: int) -> SparseTensor:
-    perm = torch.randperm(x.num_voxels, generator=torch.Generator().manual_seed(seed))
-    return SparseTensor(x.coords[perm], x.feats[perm])
 
 
 def test_minkowski_kernel_offset_order(me: SparseBackend) -> None:

@@ -75,7 +75,7 @@ def show(
     range_shape: str | None = typer.Option(None, "--range-shape", help="Range image BEAMSxCOLUMNS (default: the dataset's sensor, else 64x2048)."),
     fov: str | None = typer.Option(None, "--fov", help="Range image vertical field of view UP,DOWN degrees (default: the sensor's, else 3,-25)."),
     max_crops: int = typer.Option(8, "--max-crops", min=1, help="At most this many instances per frame (largest first)."),
-    backend: str = typer.Option("auto", "--backend", help="auto|torch|minkowski"),
+    backend: str = typer.Option("auto", "--backend", help="auto|torch|minkowski|spconv"),
     device: str = typer.Option("cpu", "--device", help="cpu|cuda"),
     checkpoint: str = typer.Option("best", "--checkpoint", help="Which checkpoint of each model artifact to load."),
     labels_path: Path | None = typer.Option(None, "--labels", help="Label manifest YAML (default: the shipped SemanticKITTI one)."),

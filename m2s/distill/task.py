@@ -119,6 +119,9 @@ class DistillModule(nn.Module):
                 score=self.kd.graph_score,
             )
         if self.kd.affinity_weight > 0 and self.kd.affinity_source == "features":
+            if FEATURE_STRIDES[self.kd.affinity_layer] != 1:  # type: ignore[index]
+                # its groups come from the input voxels' labels and instances, row for row
+                raise ConfigError("affinity on features needs a stride-1 affinity_layer (stem, up4 or decoder)")
             if s_ch[self.kd.affinity_layer] != t_ch[self.kd.affinity_layer]:  # type: ignore[index]
                 raise ConfigError("affinity on features needs equal student/teacher widths at affinity_layer")
         needed = set(layers)

@@ -159,7 +159,7 @@ class MinkUNet(nn.Module):
 
     @property
     def backend_name(self) -> str:
-        """Name of the sparse backend this model runs on (``torch`` or ``minkowski``)."""
+        """Name of the sparse backend this model runs on (``torch``, ``minkowski`` or ``spconv``)."""
         return self._backend.name
 
     def set_backend(self, backend: str | SparseBackend) -> None:

@@ -1,4 +1,4 @@
-"""Sparse 3D convolution: one interface, a pure-PyTorch backend and a MinkowskiEngine backend.
+"""Sparse 3D convolution: one interface; pure-PyTorch, MinkowskiEngine and spconv backends.
 
 Typical use::
 
@@ -14,6 +14,8 @@ from m2s.sparse.backend import (
     available_backends,
     get_backend,
     minkowski_status,
+    resolve_auto,
+    spconv_status,
 )
 from m2s.sparse.tensor import (
     COORD_MAX,
@@ -39,6 +41,8 @@ __all__ = [
     "get_backend",
     "minkowski_status",
     "pack_keys",
+    "resolve_auto",
+    "spconv_status",
     "unpack_keys",
     "validate_input",
     "voxel_mean",

@@ -9,7 +9,7 @@ import torch
 from m2s.errors import BackendUnavailable, ConfigError
 from m2s.sparse.tensor import SparseTensor
 
-BACKEND_NAMES = ("auto", "torch", "minkowski")
+BACKEND_NAMES = ("auto", "torch", "minkowski", "spconv")
 
 
 class SparseBackend(abc.ABC):
@@ -69,11 +69,20 @@ def minkowski_status() -> tuple[bool, str]:
     return minkowski_backend.availability()
 
 
+def spconv_status() -> tuple[bool, str]:
+    """Whether spconv 2.x can be used here, and why not."""
+    from m2s.sparse import spconv_backend
+
+    return spconv_backend.availability()
+
+
 def available_backends() -> list[str]:
     """Concrete backend names usable in this environment."""
     names = ["torch"]
     if minkowski_status()[0]:
         names.append("minkowski")
+    if spconv_status()[0]:
+        names.append("spconv")
     return names
 
 
@@ -88,23 +97,56 @@ def _minkowski_has_cuda() -> bool:
     return bool(me is not None and getattr(me, "is_cuda_available", lambda: False)())
 
 
-def get_backend(name: str | SparseBackend = "auto") -> SparseBackend:
-    """Backend by name: ``"torch"``, ``"minkowski"`` or ``"auto"``.
+def _spconv_has_cuda() -> bool:
+    if not torch.cuda.is_available() or not spconv_status()[0]:
+        return False
+    from m2s.sparse import spconv_backend
 
-    ``auto`` picks MinkowskiEngine only where it is the better choice: a CUDA build of it on a
-    machine with a GPU. Otherwise (CPU, or the CPU-only build `make setup` produces) it picks the
-    pure-PyTorch backend, which `benchmarks/bench_backbone.py` measures faster on CPU and which
-    runs on CUDA without compilation. Passing a backend instance returns it unchanged."""
+    return spconv_backend.has_cuda()
+
+
+def resolve_auto() -> str:
+    """The backend ``auto`` stands for here.
+
+    On a machine with a GPU: spconv when a CUDA build of it is installed (fused CUDA
+    gather-GEMM-scatter kernels, where the torch backend launches a loop of per-offset ops; the
+    GPU speed of either has not been measured here yet), else a CUDA build of MinkowskiEngine,
+    else the pure-PyTorch backend (runs on CUDA without compilation). Without a GPU: the pure-PyTorch backend,
+    which `benchmarks/bench_backbone.py` measures fastest or on par on CPU and which needs
+    nothing installed (pick ``spconv`` or ``minkowski`` explicitly to use them on CPU)."""
+    if _spconv_has_cuda():
+        return "spconv"
+    if minkowski_status()[0] and _minkowski_has_cuda():
+        return "minkowski"
+    return "torch"
+
+
+def get_backend(name: str | SparseBackend = "auto") -> SparseBackend:
+    """Backend by name: ``"torch"``, ``"minkowski"``, ``"spconv"`` or ``"auto"``
+    (see :func:`resolve_auto`). Passing a backend instance returns it unchanged; asking for
+    a backend that is not installed raises :class:`BackendUnavailable` (never a silent
+    fallback to another backend)."""
     if isinstance(name, SparseBackend):
         return name
     if name not in BACKEND_NAMES:
         raise ConfigError(f"unknown sparse backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
     if name == "auto":
-        name = "minkowski" if minkowski_status()[0] and _minkowski_has_cuda() else "torch"
+        name = resolve_auto()
     if name == "torch":
         from m2s.sparse.torch_backend import TorchBackend
 
         return TorchBackend()
+    if name == "spconv":
+        ok, why = spconv_status()
+        if not ok:
+            raise BackendUnavailable(
+                f"sparse backend 'spconv' requested but spconv is unusable: {why}. Install it with "
+                "`make setup` (CPU wheel; `make setup SPCONV=spconv-cu121` for a CUDA build) or "
+                "`pip install spconv==2.3.8`, or use backend='torch'"
+            )
+        from m2s.sparse.spconv_backend import SpconvBackend
+
+        return SpconvBackend()
     ok, why = minkowski_status()
     if not ok:
         raise BackendUnavailable(

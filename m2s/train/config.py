@@ -89,7 +89,7 @@ class TrainConfig(_Strict):
     epochs: int = Field(10, gt=0)
     val_every: int = Field(1, gt=0)
     seed: int = 0
-    backend: Literal["auto", "torch", "minkowski"] = "auto"
+    backend: Literal["auto", "torch", "minkowski", "spconv"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = Field(10, gt=0)
     sync_bn: bool = False

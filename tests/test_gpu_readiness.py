@@ -165,6 +165,7 @@ def test_correspondence_and_hash_follow_the_input_device() -> None:
 AMP_CASES = [(b, "all-terms") for b in BACKENDS if b != "minkowski"] + [("torch", "affinity-instance"), ("torch", "joint")]
 
 
+@pytest.mark.slow  # several full distillation steps in bf16 and fp32 (~12 s together)
 @pytest.mark.parametrize(("backend", "terms"), AMP_CASES)
 def test_distill_step_under_bf16_autocast(tiny_data, batch: Batch, backend: str, terms: str) -> None:
     distill = {"all-terms": ALL_TERMS, "affinity-instance": AFFINITY_INSTANCE, "joint": JOINT}[terms]
@@ -182,6 +183,7 @@ def test_distill_step_under_bf16_autocast(tiny_data, batch: Batch, backend: str,
     assert float(cos) > 0.9
 
 
+@pytest.mark.slow  # a real 1-epoch training run
 def test_trainer_amp_path_runs_on_cpu_with_bf16(tiny_data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The trainer's AMP path (autocast, GradScaler, autocast validation, checkpoint with scaler
     state), normally CUDA-only, with bf16 allowed on CPU for this test."""

@@ -55,6 +55,7 @@ def _train(tiny_data, out: Path, *extra: str) -> list[str]:
             "--out", str(out), "--config", str(tiny_data.config), "--backend", "torch", "--epochs", "2", *extra]  # fmt: skip
 
 
+@pytest.mark.slow  # trains a real 2-epoch model (~5 s)
 def test_model_artifact_has_its_training_plot_in_the_manifest(tiny_data, tmp_path: Path) -> None:
     out = tmp_path / "teacher"
     res = CliRunner().invoke(app, _train(tiny_data, out))

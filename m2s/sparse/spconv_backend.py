@@ -39,11 +39,13 @@ that one function in that one module with one returning stream 0 and emits a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import time
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -196,6 +198,29 @@ class SpconvCoordinateManager:
         return [2 * -(-n // 2) for n in cells]
 
 
+@contextlib.contextmanager
+def _cpu_threads_one(device: torch.device) -> Iterator[None]:
+    """Run a spconv CPU op with one torch intra-op thread, then restore the setting.
+
+    Measured with spconv 2.3.8: its CPU kernels give wrong results (relative error 1-4 %, varying
+    from run to run) when torch runs them with more than one thread, and exact ones with a single
+    thread (`tests/test_spconv_parity.py` runs with the default thread count to keep this covered).
+    Correctness first: CPU spconv ops run single-threaded. CUDA is unaffected.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class _SpconvConvFn(torch.autograd.Function):
     """One spconv Native convolution (``kind``: subm, down, or up = spconv's inverse conv).
 
@@ -209,16 +234,17 @@ class _SpconvConvFn(torch.autograd.Function):
         inverse, subm = kind == "up", kind == "subm"
         ctx.save_for_backward(feats, w)
         ctx.pairs, ctx.inverse, ctx.subm, ctx.sp = pairs, inverse, subm, sp
-        return sp.ops.indice_conv(
-            feats, w, pairs.pairs, pairs.counts, num_out, inverse, subm, algo=sp.native
-        )
+        with _cpu_threads_one(feats.device):
+            return sp.ops.indice_conv(
+                feats, w, pairs.pairs, pairs.counts, num_out, inverse, subm, algo=sp.native
+            )
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         feats, w = ctx.saved_tensors
         sp = ctx.sp
-        with torch.autocast(g.device.type, enabled=False):
+        with torch.autocast(g.device.type, enabled=False), _cpu_threads_one(g.device):
             gx, gw = sp.ops.indice_conv_backward(
                 feats, w, g.to(feats.dtype).contiguous(), ctx.pairs.pairs, ctx.pairs.counts,
                 ctx.inverse, ctx.subm, algo=sp.native,
@@ -272,10 +298,11 @@ class SpconvBackend(SparseBackend):
             return cached
         t0 = time.perf_counter()
         level = mgr.levels[stride]
-        _, pairs, counts = self.sp.ops.get_indice_pairs(
-            level.indices, mgr.batch_size, level.shape, self.sp.native,
-            [3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], [0, 0, 0], True, False,
-        )  # fmt: skip
+        with _cpu_threads_one(level.indices.device):
+            _, pairs, counts = self.sp.ops.get_indice_pairs(
+                level.indices, mgr.batch_size, level.shape, self.sp.native,
+                [3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], [0, 0, 0], True, False,
+            )  # fmt: skip
         result = _Pairs(pairs, counts, level.indices.shape[0])
         mgr.subm_maps[stride] = result
         mgr.map_seconds += time.perf_counter() - t0
@@ -293,10 +320,11 @@ class SpconvBackend(SparseBackend):
             )
         t0 = time.perf_counter()
         fine = mgr.levels[stride]
-        out_inds, pairs, counts = self.sp.ops.get_indice_pairs(
-            fine.indices, mgr.batch_size, fine.shape, self.sp.native,
-            [2, 2, 2], [2, 2, 2], [0, 0, 0], [1, 1, 1], [0, 0, 0], False, False,
-        )  # fmt: skip
+        with _cpu_threads_one(fine.indices.device):
+            out_inds, pairs, counts = self.sp.ops.get_indice_pairs(
+                fine.indices, mgr.batch_size, fine.shape, self.sp.native,
+                [2, 2, 2], [2, 2, 2], [0, 0, 0], [1, 1, 1], [0, 0, 0], False, False,
+            )  # fmt: skip
         s = 2 * stride
         out_inds = out_inds.to(torch.int32).contiguous()
         coarse = torch.cat([out_inds[:, :1], out_inds[:, 1:] * s + mgr.origin], dim=1)

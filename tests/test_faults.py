@@ -354,7 +354,12 @@ def _snapshot(w: World) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for d in (w.cache, w.val_cache, w.teacher) for p in d.glob("manifest.json")}
 
 
-@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+# The loader-worker row runs the real command in its own process (~7 s): slow, so `make test` runs it.
+@pytest.mark.parametrize(
+    "fault",
+    [pytest.param(f, marks=pytest.mark.slow) if "loader worker" in f.name else f for f in FAULTS],
+    ids=[f.name for f in FAULTS],
+)
 def test_fault_is_refused_with_one_line(fault: Fault, world: World) -> None:
     fault.inject(world)
     before = _snapshot(world)
@@ -387,7 +392,8 @@ def test_print_fault_table() -> None:
     print("\n| fault | command | message |\n|---|---|---|")
     for name, cmd, msg in RESULTS:
         print(f"| {name} | `m2s {cmd}` | `{msg}` |")
-    assert len(RESULTS) == len(FAULTS)
+    # every fault that ran (the slow loader-worker row only under `make test`) recorded one message
+    assert len({name for name, _, _ in RESULTS}) == len(RESULTS) >= len(FAULTS) - 1
 
 
 def test_rerunning_fuse_on_a_corrupted_cache_fuses_the_damaged_sequence_again(world: World) -> None:

@@ -223,16 +223,22 @@ def existing_artifact(folder: str | Path, kind: str, content_id: str, *, verify:
     return manifest
 
 
+def readable_manifest(folder: str | Path) -> Manifest | None:
+    """The manifest in `folder`, or None when there is none or it cannot be read (a torn write of
+    an earlier run, or a file that is not ours): for the checks that only look at what is there."""
+    if not manifest_path(folder).is_file():
+        return None
+    try:
+        return read_manifest(folder)
+    except ArtifactError:
+        return None
+
+
 def check_output_folder(out: str | Path, kind: str) -> None:
     """Refuse an output folder that holds an artifact of another kind: it is never overwritten.
 
     An unreadable manifest is the stage's own to replace (a torn write of an earlier run)."""
-    if not manifest_path(out).is_file():
-        return
-    try:
-        found = read_manifest(out).kind
-    except ArtifactError:
-        return
-    if found != kind:
+    found = readable_manifest(out)
+    if found is not None and found.kind != kind:
         article = "an" if kind[0] in "aeiou" else "a"
-        raise ArtifactError(f"{Path(out)}: holds a {found} artifact, not {article} {kind}; choose another output folder")
+        raise ArtifactError(f"{Path(out)}: holds a {found.kind} artifact, not {article} {kind}; choose another output folder")

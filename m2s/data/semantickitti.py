@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from m2s.artifacts import MANIFEST_NAME, read_manifest
-from m2s.errors import ArtifactError, DataError
+from m2s.artifacts import readable_manifest
+from m2s.errors import DataError
 from m2s.io_utils import atomic_path
 
 POINT_DTYPE = np.float32
@@ -188,14 +188,9 @@ def sequence_dir(root: str | Path, sequence: str) -> Path:
 def check_not_an_artifact(root: str | Path) -> None:
     """Refuse an m2s artifact folder other than a dataset (a fused cache also has `sequences/`),
     naming its kind, before its files are taken for raw scans."""
-    if not (Path(root) / MANIFEST_NAME).is_file():
-        return
-    try:
-        kind = read_manifest(root).kind
-    except ArtifactError:
-        return  # not ours to judge: a raw root may hold any file
-    if kind != "dataset":
-        raise DataError(f"{root}: holds a {kind} artifact, not a SemanticKITTI dataset root")
+    manifest = readable_manifest(root)  # an unreadable one is not ours to judge: a raw root may hold any file
+    if manifest is not None and manifest.kind != "dataset":
+        raise DataError(f"{root}: holds a {manifest.kind} artifact, not a SemanticKITTI dataset root")
 
 
 def normalize_sequence_id(seq: str | int) -> str:

@@ -21,12 +21,12 @@ from m2s.artifacts import (
     existing_artifact,
     manifest_path,
     new_manifest,
-    read_manifest,
+    readable_manifest,
     verify_files,
     write_manifest,
 )
 from m2s.data.semantickitti import Sequence, open_sequences
-from m2s.errors import ArtifactError, ConfigError, DataError
+from m2s.errors import ConfigError, DataError
 from m2s.fuse.cache import (
     DEFAULT_STORAGE,
     FORMAT_VERSION,
@@ -295,13 +295,10 @@ def fuse_dataset(
 
 def _recorded_files(out: Path) -> dict[str, tuple[str, int]]:
     """(sha256, size) per file of the manifest in `out`, if there is a readable one of ours."""
-    if not manifest_path(out).is_file():
+    manifest = readable_manifest(out)
+    if manifest is None or manifest.kind != KIND:
         return {}
-    try:
-        manifest = read_manifest(out)
-    except ArtifactError:
-        return {}
-    return {r.path: (r.sha256, r.size) for r in manifest.files} if manifest.kind == KIND else {}
+    return {r.path: (r.sha256, r.size) for r in manifest.files}
 
 
 def _intact(out: Path, manifest: Manifest, seq_attrs: dict[str, dict[str, Any]]) -> bool:

@@ -319,6 +319,9 @@ class FakeCache:
     def read_block(self, i: int) -> FakeBlock:
         return self.blocks[i]
 
+    def target_counts(self) -> dict[str, dict[int, int]]:
+        return {"08": {b.frame: b.n_target for b in self.blocks}}
+
 
 def test_cache_models_see_their_input_but_are_scored_on_the_scan_points(tmp_path: Path) -> None:
     cache = FakeCache(3, LABELS.digest())

@@ -115,3 +115,21 @@ def test_cli_writes_and_reports_the_zip(tmp_path: Path, monkeypatch: pytest.Monk
         assert zf.read("description.txt") == b"my method\n"
     res = CliRunner().invoke(app, [*args, "--description", "x"])
     assert res.exit_code != 0 and "--export-labels" in res.output
+
+
+def test_a_fused_cache_source_expects_each_scans_own_point_count(tiny_data) -> None:
+    """Exports from a fused cache are checked against the count of each scan's own rows (the
+    original `.bin`), not only for presence: the counts come from the cache's index, no block read."""
+    from m2s.evaluation import FusedCacheSource
+    from m2s.fuse import open_fused_cache
+    from m2s.labels import load_label_manifest
+
+    cache = open_fused_cache(tiny_data.val_cache)
+    source = FusedCacheSource(cache, tiny_data.val_cache, load_label_manifest(None))
+    expected = source.expected_scans()
+    assert sum(len(frames) for frames in expected.values()) == len(cache)
+    for i, (seq, frame) in enumerate(cache.index):
+        block = cache.read_block(i)
+        assert expected[seq][frame] == block.n_target
+        raw = tiny_data.root / "sequences" / seq / "velodyne" / f"{frame:06d}.bin"
+        assert expected[seq][frame] == raw.stat().st_size // 16

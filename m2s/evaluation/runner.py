@@ -120,6 +120,7 @@ class ScanSource(Protocol):
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[ScanItem]: ...
     def describe(self) -> ArtifactInput: ...
+    def expected_scans(self) -> Expected: ...
 
 
 class KittiScanSource:
@@ -190,11 +191,12 @@ class FusedCacheSource:
             yield ScanItem(normalize_sequence_id(block.sequence), int(block.frame), block.points, n, gt)
 
     def expected_scans(self) -> Expected:
-        """Every scan of the cache; point counts unknown without reading each block (None)."""
-        out: Expected = {}
-        for seq, frame in getattr(self.cache, "index", []):
-            out.setdefault(normalize_sequence_id(seq), {})[int(frame)] = None
-        return out
+        """Every scan of the cache with its point count (the target rows), as the official
+        submission validator counts them from the `.bin` sizes."""
+        return {
+            normalize_sequence_id(seq): {int(f): int(n) for f, n in frames.items()}
+            for seq, frames in self.cache.target_counts().items()
+        }
 
     def describe(self) -> ArtifactInput:
         return ArtifactInput(kind=self.kind, id=str(self.cache.content_id), path=str(self.path))
@@ -494,8 +496,7 @@ def write_submissions(
 ) -> dict[str, SubmissionCheck]:
     """Zip each model's exported predictions in the benchmark layout and check the zip against the
     source's scans (`submission.zip`, or `submission-NAME.zip` per model when several)."""
-    expected_fn = getattr(source, "expected_scans", None)
-    expected: Expected = expected_fn() if expected_fn is not None else {}
+    expected = source.expected_scans()
     ids = {unique: (m.artifact.id if m.artifact else None) for unique, m in zip(unique_names([m.name for m in models]), models)}
     checks: dict[str, SubmissionCheck] = {}
     for name, result in report.models.items():
@@ -505,13 +506,6 @@ def write_submissions(
             f"m2s {__version__}: model {name}" + (f" (artifact {ids.get(name)})" if ids.get(name) else "")
         )
         zip_path = write_submission_zip(out / result.exported_to, out / submission_zip_name(name, len(report.models)), description)
-        checks[name] = check_submission(zip_path, expected or _expected_from_export(out / result.exported_to))
+        checks[name] = check_submission(zip_path, expected)
     return checks
 
-
-def _expected_from_export(root: Path) -> Expected:
-    """Fallback for a source that cannot list its scans: what was exported (presence only)."""
-    out: Expected = {}
-    for f in sorted(root.glob("sequences/*/predictions/*.label")):
-        out.setdefault(f.parent.parent.name, {})[int(f.stem)] = None
-    return out

@@ -28,8 +28,8 @@ SUBMISSION_ZIP = "submission.zip"
 DESCRIPTION_FILE = "description.txt"
 LABEL_BYTES = 4
 
-# Expected scans: sequence -> frame -> point count (None: count unknown, the file's presence is checked).
-Expected = dict[str, dict[int, int | None]]
+# Expected scans: sequence -> frame -> point count.
+Expected = dict[str, dict[int, int]]
 
 
 class SubmissionCheck(BaseModel):
@@ -105,7 +105,7 @@ def check_submission(zip_path: str | Path, expected: Expected) -> SubmissionChec
                 missing[seq] = missing.get(seq, 0) + 1
                 continue
             have.discard(name)
-            if points is not None and sizes[name] != LABEL_BYTES * points:
+            if sizes[name] != LABEL_BYTES * points:
                 raise DataError(
                     f'{path}: label file "{name}" should have {points} labels, but found {sizes[name] / LABEL_BYTES:g}'
                 )

@@ -364,6 +364,13 @@ class FusedCache:
             frame=int(idx.frames[j]),
         )
 
+    def target_counts(self) -> dict[str, dict[int, int]]:
+        """Points of each scan's own rows (the original scan), per sequence and frame, from the
+        index read at open: no block is read."""
+        return {
+            seq: dict(zip(idx.frames.tolist(), idx.n_target.tolist(), strict=True)) for seq, idx in self._index.items()
+        }
+
     def source_name(self, i: int) -> str:
         """Where scan `i` comes from, for error messages: file, sequence and frame."""
         seq, j = self.locate(i)

@@ -60,15 +60,13 @@ def _batches(loader: DataLoader) -> Iterator[Any]:
         raise type(exc)(message if sep else last) from None
 
 
-def out_of_range_counts(batch: Any) -> dict[str, list[int]]:
-    """Per view: [points dropped outside `point_range`, points read] over the batch's samples."""
-    counts: dict[str, list[int]] = {}
+def count_out_of_range(batch: Any, counts: dict[str, list[int]]) -> None:
+    """Add the batch's per-view [points dropped outside `point_range`, points read] to `counts`."""
     for sample in batch.samples:
         for name, view in sample.views.items():
             c = counts.setdefault(name, [0, 0])
             c[0] += view.n_original - view.kept.shape[0]
             c[1] += view.n_original
-    return counts
 
 
 def _all_reduce_counts(counts: dict[str, list[int]], device: torch.device) -> dict[str, list[int]]:
@@ -380,10 +378,7 @@ class Trainer:
             n_batches = len(self.train_loader)
             dropped: dict[str, list[int]] = {}
             for bi, batch in enumerate(_batches(self.train_loader)):
-                for name, (d, n) in out_of_range_counts(batch).items():
-                    acc = dropped.setdefault(name, [0, 0])
-                    acc[0] += d
-                    acc[1] += n
+                count_out_of_range(batch, dropped)
                 batch = batch.to(self.ctx.device)
                 progress = epoch + bi / max(n_batches, 1)
                 with torch.autocast(self.ctx.device.type, dtype=self.autocast, enabled=self.autocast is not None):

@@ -30,6 +30,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,8 +76,32 @@ SIZES: dict[str, dict[str, Any]] = {
         "student": "pipelines/configs/full-student.yaml",
     },
 }
-MODELS = ("baseline", "student", "joint")  # teacher is trained whenever "student" is asked for
+MODELS = ("baseline", "student", "joint")  # teacher is trained whenever a frozen student is asked for
 DISTILLED = ("student", "joint")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A distilled model of the study: a name, its student config and its mode."""
+
+    name: str
+    config: str | None  # None: the size's student config
+    mode: str  # frozen (taught by the seed's teacher) | joint
+
+
+def parse_variant(spec: str) -> Variant:
+    """`student`, `joint`, or `name=config.yaml` (the config's `distill.mode` picks the mode)."""
+    if "=" not in spec:
+        if spec not in DISTILLED:
+            raise ValueError(f"unknown model {spec!r}: expected baseline, student, joint or name=config.yaml")
+        return Variant(spec, None, "frozen" if spec == "student" else "joint")
+    name, config = spec.split("=", 1)
+    if not name or name in ("baseline", "teacher", *DISTILLED) or not Path(config).is_file():
+        raise ValueError(f"variant {spec!r}: needs a new name and an existing config file")
+    from m2s.train.config import load_yaml_mapping
+
+    mode = str((load_yaml_mapping(config).get("distill") or {}).get("mode", "frozen"))
+    return Variant(name, config, mode)
 
 
 @dataclass(frozen=True)
@@ -84,6 +109,8 @@ class StudyPlan:
     out: Path
     seeds: list[int]
     models: list[str]
+    variants: dict[str, Variant]
+    teacher_locks: dict[int, threading.Lock]  # one teacher per seed, however many frozen variants
     size: dict[str, Any]
     device: str
     threads: int
@@ -138,12 +165,16 @@ def train_model(plan: StudyPlan, seed: int, model: str) -> None:
     caches = ["--cache", str(plan.out / "fused-train")]
     log = plan.out / "logs" / f"seed{seed}-{model}.log"
     teacher_cfg, student_cfg = plan.size["teacher"], plan.size["student"]
-    if model == "student":
-        run_logged(
-            m2s_cmd("train-teacher", *caches, "--config", teacher_cfg, *train_args(plan, seed, d / "teacher")),
-            plan.out / "logs" / f"seed{seed}-teacher.log",
-            plan.threads,
-        )
+    variant = plan.variants.get(model)
+    if variant is not None and variant.config:
+        student_cfg = variant.config
+    if variant is not None and variant.mode == "frozen":
+        with plan.teacher_locks[seed]:
+            run_logged(
+                m2s_cmd("train-teacher", *caches, "--config", teacher_cfg, *train_args(plan, seed, d / "teacher")),
+                plan.out / "logs" / f"seed{seed}-teacher.log",
+                plan.threads,
+            )
         extra = ["--teacher", str(d / "teacher")]
     elif model == "baseline":
         extra = ["--kd", "none"]
@@ -158,7 +189,8 @@ def train_model(plan: StudyPlan, seed: int, model: str) -> None:
 
 def evaluate_seed(plan: StudyPlan, seed: int) -> dict[str, Any]:
     d = plan.out / f"seed{seed}"
-    names = (["teacher"] if "student" in plan.models else []) + plan.models
+    frozen = any(v.mode == "frozen" for v in plan.variants.values())
+    names = (["teacher"] if frozen else []) + plan.models
     run_logged(
         m2s_cmd(
             "evaluate", *[str(d / n) for n in names], "--cache", str(plan.out / "fused-val"),
@@ -242,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "study")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--models", default=",".join(MODELS), help="subset of baseline,student,joint")
+    p.add_argument(
+        "--models", default=",".join(MODELS),
+        help="baseline, student, joint and variants name=config.yaml (mode from the config's distill.mode)",
+    )
     p.add_argument("--size", choices=sorted(SIZES), default="cpu")
     p.add_argument("--teacher-config", help="override the size's teacher config")
     p.add_argument("--student-config", help="override the size's student config")
@@ -253,22 +288,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)), help="torch threads per job")
     a = p.parse_args(argv)
 
-    models = [m for m in a.models.split(",") if m]
-    unknown = sorted(set(models) - set(MODELS))
-    if unknown or not models:
-        p.error(f"--models must be a subset of {','.join(MODELS)}, got {a.models!r}")
+    specs = [m for m in a.models.split(",") if m]
+    try:
+        variants = {v.name: v for v in (parse_variant(m) for m in specs if m != "baseline")}
+    except ValueError as exc:
+        p.error(str(exc))
+    models = [m.split("=", 1)[0] for m in specs]
+    if not models or len(set(models)) != len(models):
+        p.error(f"--models must name each model once, got {a.models!r}")
     size = dict(SIZES[a.size])
     size["teacher"] = a.teacher_config or size["teacher"]
     size["student"] = a.student_config or size["student"]
     plan = StudyPlan(
-        out=a.out.resolve(), seeds=[int(s) for s in a.seeds.split(",")], models=models, size=size,
+        out=a.out.resolve(), seeds=[int(s) for s in a.seeds.split(",")], models=models, variants=variants,
+        teacher_locks={int(s): threading.Lock() for s in a.seeds.split(",")}, size=size,
         device=a.device, threads=a.threads, jobs=a.jobs, epochs=a.epochs, workers=a.workers,
     )
     t0 = time.perf_counter()
     prepare_data(plan)
     tasks = [(s, m) for s in plan.seeds for m in plan.models]
     # The frozen-teacher chain (teacher, then student) is the longest: start it first.
-    tasks.sort(key=lambda t: (t[1] != "student", t[1] != "joint"))
+    # (stable sort: seeds interleave, so side-by-side jobs rarely wait on one seed's teacher)
+    tasks.sort(
+        key=lambda t: (variants.get(t[1], Variant("", None, "")).mode != "frozen", t[1] not in variants, models.index(t[1]))
+    )
     with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
         for f in [pool.submit(train_model, plan, s, m) for s, m in tasks]:
             f.result()
@@ -277,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     hard_classes = per_seed[plan.seeds[0]].pop("_hard_classes")
     for s in plan.seeds[1:]:
         per_seed[s].pop("_hard_classes")
-    compared = [m for m in DISTILLED if m in plan.models] if "baseline" in plan.models else []
+    compared = [m for m in plan.models if m in variants] if "baseline" in plan.models else []
     summary = summarise_seeds(per_seed, baseline="baseline", compared=compared)
     wall = time.perf_counter() - t0
     result = {
@@ -287,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_sequences": size["train"],
         "val_sequences": size["val"],
         "configs": {"teacher": size["teacher"], "student": size["student"]},
+        "variants": {v.name: {"config": v.config or size["student"], "mode": v.mode} for v in variants.values()},
         "epochs": a.epochs,
         "seeds": plan.seeds,
         "wall_s": wall,

@@ -163,6 +163,27 @@ def test_joint_mode_feature_terms_match_each_voxel_at_every_scale(tiny_data, bat
     assert float(terms["kd_logit"]) == 0.0 and float(terms["kd_feature"]) == 0.0
 
 
+def test_teacher_correct_distils_only_voxels_whose_teacher_argmax_is_the_label(tiny_data, batch: Batch) -> None:
+    # The term equals logit_kd with the teacher-wrong (and unlabelled) voxels weighted 0; it differs
+    # from the all-voxel term, so the mask is not a no-op on this batch.
+    ch = _channels(tiny_data)
+    student, teacher = CoordNet(LABELS.num_classes, ch, phase=0.4), CoordNet(LABELS.num_classes, ch)
+    kd = {"logit_weight": 2.0, "hard_class_weight": 3.0}
+    _, masked = _module(tiny_data, student, teacher, logit_voxels="teacher_correct", **kd)(batch, 1.0)
+    _, everywhere = _module(tiny_data, student, teacher, logit_voxels="all", **kd)(batch, 1.0)
+
+    single, fused = batch.views["single"], batch.views["fused"]
+    with torch.no_grad():
+        s_logits = student(SparseTensor(single.coords, single.feats))
+        t_logits = teacher(SparseTensor(fused.coords, fused.feats))[_rows_by_coords(single.coords, fused.coords)]
+    correct = t_logits.argmax(dim=1) == single.voxel_labels
+    assert correct.any() and not correct.all()
+    w = torch.where(torch.isin(single.voxel_labels, torch.as_tensor(LABELS.hard_train_ids)), 3.0, 1.0)
+    expected = 2.0 * logit_kd(s_logits, t_logits, DistillConfig().temperature, w * correct, None, "official")
+    assert float(masked["kd_logit"]) == pytest.approx(float(expected), rel=1e-6)
+    assert float(masked["kd_logit"]) != pytest.approx(float(everywhere["kd_logit"]), rel=1e-3)
+
+
 # ---- configured temperature and weights reach the losses -------------------------------------------
 VALUES = {
     "temperature": 2.5, "logit_weight": 3.0, "hard_class_weight": 4.0,

@@ -53,6 +53,12 @@ class DistillConfig(BaseModel):
     # where the student still disagrees; None: the reduction's own default (official 0.01,
     # kl_t2 1e-4 nats before the T^2 factor).
     logit_min_term: float | None = Field(None, ge=0.0)
+    # Which student voxels the logit term is computed on. all: every matched voxel (the official
+    # code). teacher_correct: only voxels whose teacher argmax equals the ground-truth label, so
+    # the teacher's mistakes (a fused-input teacher is measurably worse than the baseline on
+    # classes fusion never touches) are never distilled - label-guided KD as in Wen et al.,
+    # "Preparing lessons: improve knowledge distillation with better supervision", 2021.
+    logit_voxels: Literal["all", "teacher_correct"] = "all"
 
     # ---- feature KD: MSE between adapted student features and teacher features ----
     feature_weight: float = Field(0.0, ge=0.0)

@@ -215,8 +215,12 @@ class DistillModule(nn.Module):
         w_hard = voxel_weights(is_hard, self.kd.hard_class_weight)
 
         if weights["logit"] > 0:
+            w_logit = w_hard
+            if self.kd.logit_voxels == "teacher_correct":
+                # labels are train ids or IGNORE_INDEX, which no argmax equals
+                w_logit = w_hard * (t_logits.argmax(dim=1) == single.voxel_labels)
             kd = logit_kd(
-                s_logits, t_logits, self.kd.temperature, w_hard, self.kd.logit_min_term, self.kd.logit_reduction
+                s_logits, t_logits, self.kd.temperature, w_logit, self.kd.logit_min_term, self.kd.logit_reduction
             )
             kd_terms["kd_logit"] = weights["logit"] * kd
         if weights["feature"] > 0:

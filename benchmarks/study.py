@@ -199,9 +199,23 @@ def evaluate_seed(plan: StudyPlan, seed: int) -> dict[str, Any]:
         plan.out / "logs" / f"seed{seed}-eval.log",
         plan.threads,
     )
-    report = read_metrics_json(d / "eval" / "metrics.json")
+    return read_seed_metrics(plan, seed)
+
+
+def read_seed_metrics(plan: StudyPlan, seed: int) -> dict[str, Any]:
+    """The seed's evaluation, restricted to the teacher and the plan's models (an evaluation made
+    by an earlier, larger study of the same folder may hold more)."""
+    path = plan.out / f"seed{seed}" / "eval" / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: seed {seed} has no evaluation; run the study without --report-only first")
+    report = read_metrics_json(path)
+    missing = sorted(set(plan.models) - set(report.models))
+    if missing:
+        raise KeyError(f"{path}: no result for {missing}; run the study for these models first")
     result: dict[str, Any] = {}
     for name, m in report.models.items():
+        if name != "teacher" and name not in plan.models:
+            continue
         result[name] = {
             "miou": 100.0 * (m.miou or 0.0),
             "hard_miou": 100.0 * (m.hard_miou or 0.0),
@@ -209,6 +223,23 @@ def evaluate_seed(plan: StudyPlan, seed: int) -> dict[str, Any]:
         }
     result["_hard_classes"] = report.hard_classes
     return result
+
+
+def run_study(plan: StudyPlan) -> dict[int, dict[str, Any]]:
+    """Data, every seed's trainings (`plan.jobs` side by side) and evaluations."""
+    prepare_data(plan)
+    tasks = [(s, m) for s in plan.seeds for m in plan.models]
+    # The frozen-teacher chain (teacher, then student) is the longest: start it first (stable sort:
+    # seeds interleave, so side-by-side jobs rarely wait on one seed's teacher).
+    no_variant = Variant("", None, "")
+    tasks.sort(
+        key=lambda t: (plan.variants.get(t[1], no_variant).mode != "frozen", t[1] not in plan.variants, plan.models.index(t[1]))
+    )
+    with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
+        for f in [pool.submit(train_model, plan, s, m) for s, m in tasks]:
+            f.result()
+        evaluations = {s: pool.submit(evaluate_seed, plan, s) for s in plan.seeds}
+        return {s: f.result() for s, f in evaluations.items()}
 
 
 def fmt(ms: MeanStd) -> str:
@@ -286,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="trainings run side by side")
     p.add_argument("--workers", type=int, help="override the configs' data-loader workers")
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)), help="torch threads per job")
+    p.add_argument(
+        "--report-only", action="store_true",
+        help="train and evaluate nothing: summarise the seeds' existing evaluations in --out (e.g. seeds run in two batches)",
+    )
     a = p.parse_args(argv)
 
     specs = [m for m in a.models.split(",") if m]
@@ -305,18 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         device=a.device, threads=a.threads, jobs=a.jobs, epochs=a.epochs, workers=a.workers,
     )
     t0 = time.perf_counter()
-    prepare_data(plan)
-    tasks = [(s, m) for s in plan.seeds for m in plan.models]
-    # The frozen-teacher chain (teacher, then student) is the longest: start it first.
-    # (stable sort: seeds interleave, so side-by-side jobs rarely wait on one seed's teacher)
-    tasks.sort(
-        key=lambda t: (variants.get(t[1], Variant("", None, "")).mode != "frozen", t[1] not in variants, models.index(t[1]))
-    )
-    with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
-        for f in [pool.submit(train_model, plan, s, m) for s, m in tasks]:
-            f.result()
-        evaluations = {s: pool.submit(evaluate_seed, plan, s) for s in plan.seeds}
-        per_seed = {s: f.result() for s, f in evaluations.items()}
+    if a.report_only:
+        per_seed = {s: read_seed_metrics(plan, s) for s in plan.seeds}
+    else:
+        per_seed = run_study(plan)
     hard_classes = per_seed[plan.seeds[0]].pop("_hard_classes")
     for s in plan.seeds[1:]:
         per_seed[s].pop("_hard_classes")

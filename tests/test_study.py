@@ -70,23 +70,42 @@ def test_summarise_seeds_per_model_and_paired() -> None:
 
 @pytest.mark.slow
 def test_study_script_end_to_end(tmp_path: Path) -> None:
-    """The real CLI chain at the smoke size: two seeds, baseline and joint student, evaluated."""
+    """The real CLI chain at the smoke size: two seeds, baseline, joint student and a named variant
+    (a config of its own), evaluated; then a report-only summary of a subset of the models."""
     out = tmp_path / "study"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/study.py", "--size", "smoke", "--epochs", "1", "--seeds", "0,1",
-         "--models", "baseline,joint", "--threads", "1", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
+    variant = "joint-tc=pipelines/configs/study/joint-teacher-correct.yaml"
+
+    def study(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "benchmarks/study.py", "--size", "smoke", "--epochs", "1", "--threads", "1",
+             "--out", str(out), *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+        )
+
+    proc = study("--seeds", "0,1", "--models", f"baseline,joint,{variant}")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads((out / "study.json").read_text())
     assert result["seeds"] == [0, 1]
-    assert set(result["per_seed"]["0"]) == {"baseline", "joint"}
+    assert set(result["per_seed"]["0"]) == {"baseline", "joint", "joint-tc"}
+    assert result["variants"]["joint-tc"]["mode"] == "joint"
+    assert "logit_voxels" in (out / "seed0" / "joint-tc" / "manifest.json").read_text()
+    full = result["per_seed"]
     paired = result["summary"]["paired"]["joint"]["hard_miou"]
     per_seed_diff = [result["per_seed"][s]["joint"]["hard_miou"] - result["per_seed"][s]["baseline"]["hard_miou"] for s in ("0", "1")]
     assert paired["diffs"] == pytest.approx(per_seed_diff)
     # Each seed's models were scored by a real `m2s evaluate` artifact.
     for s in (0, 1):
         metrics = json.loads((out / f"seed{s}" / "eval" / "metrics.json").read_text())
-        assert set(metrics["models"]) == {"baseline", "joint"}
+        assert set(metrics["models"]) == {"baseline", "joint", "joint-tc"}
     assert (out / "study.png").stat().st_size > 0
     assert "| joint |" in (out / "study.md").read_text()
+
+    # --report-only trains nothing and summarises the models asked for from the same evaluations.
+    proc = study("--seeds", "0,1", "--models", f"baseline,{variant}", "--report-only")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    subset = json.loads((out / "study.json").read_text())
+    assert set(subset["per_seed"]["1"]) == {"baseline", "joint-tc"}
+    assert subset["per_seed"]["1"]["joint-tc"] == full["1"]["joint-tc"]
+    assert "| joint |" not in (out / "study.md").read_text()
+    proc = study("--seeds", "0,2", "--models", "baseline", "--report-only")
+    assert proc.returncode != 0 and "seed 2 has no evaluation" in proc.stderr

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -90,7 +92,8 @@ class Variant:
 
 
 def parse_variant(spec: str) -> Variant:
-    """`student`, `joint`, or `name=config.yaml` (the config's `distill.mode` picks the mode)."""
+    """`student`, `joint`, or `name=config.yaml`: a YAML laid over the size's student config (usually
+    just a `distill:` section); its `distill.mode` picks the mode."""
     if "=" not in spec:
         if spec not in DISTILLED:
             raise ValueError(f"unknown model {spec!r}: expected baseline, student, joint or name=config.yaml")
@@ -159,15 +162,36 @@ def prepare_data(plan: StudyPlan) -> None:
         )
 
 
-def train_model(plan: StudyPlan, seed: int, model: str) -> None:
+def write_variant_configs(plan: StudyPlan) -> dict[str, str]:
+    """Each variant's full student config (the size's, with the variant's file laid over it),
+    written once under `--out/configs` before any training starts."""
+    from m2s.train.config import deep_update, load_yaml_mapping
+
+    base = load_yaml_mapping(plan.size["student"])
+    paths: dict[str, str] = {}
+    for v in plan.variants.values():
+        if v.config is None:
+            continue
+        path = plan.out / "configs" / f"{v.name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(
+            f"# {v.config} laid over {plan.size['student']} by benchmarks/study.py\n"
+            + yaml.safe_dump(deep_update(base, load_yaml_mapping(v.config)), sort_keys=False)
+        )
+        tmp.replace(path)
+        paths[v.name] = str(path)
+    return paths
+
+
+def train_model(plan: StudyPlan, seed: int, model: str, configs: dict[str, str]) -> None:
     """Train one model of one seed (a teacher first, for the frozen-teacher student)."""
     d = plan.out / f"seed{seed}"
     caches = ["--cache", str(plan.out / "fused-train")]
     log = plan.out / "logs" / f"seed{seed}-{model}.log"
     teacher_cfg, student_cfg = plan.size["teacher"], plan.size["student"]
     variant = plan.variants.get(model)
-    if variant is not None and variant.config:
-        student_cfg = variant.config
+    student_cfg = configs.get(model, student_cfg)
     if variant is not None and variant.mode == "frozen":
         with plan.teacher_locks[seed]:
             run_logged(
@@ -228,6 +252,7 @@ def read_seed_metrics(plan: StudyPlan, seed: int) -> dict[str, Any]:
 def run_study(plan: StudyPlan) -> dict[int, dict[str, Any]]:
     """Data, every seed's trainings (`plan.jobs` side by side) and evaluations."""
     prepare_data(plan)
+    configs = write_variant_configs(plan)
     tasks = [(s, m) for s in plan.seeds for m in plan.models]
     # The frozen-teacher chain (teacher, then student) is the longest: start it first (stable sort:
     # seeds interleave, so side-by-side jobs rarely wait on one seed's teacher).
@@ -236,7 +261,7 @@ def run_study(plan: StudyPlan) -> dict[int, dict[str, Any]]:
         key=lambda t: (plan.variants.get(t[1], no_variant).mode != "frozen", t[1] not in plan.variants, plan.models.index(t[1]))
     )
     with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
-        for f in [pool.submit(train_model, plan, s, m) for s, m in tasks]:
+        for f in [pool.submit(train_model, plan, s, m, configs) for s, m in tasks]:
             f.result()
         evaluations = {s: pool.submit(evaluate_seed, plan, s) for s in plan.seeds}
         return {s: f.result() for s, f in evaluations.items()}
@@ -334,14 +359,18 @@ def main(argv: list[str] | None = None) -> int:
     size = dict(SIZES[a.size])
     size["teacher"] = a.teacher_config or size["teacher"]
     size["student"] = a.student_config or size["student"]
+    seeds = [int(s) for s in a.seeds.split(",")]
     plan = StudyPlan(
-        out=a.out.resolve(), seeds=[int(s) for s in a.seeds.split(",")], models=models, variants=variants,
-        teacher_locks={int(s): threading.Lock() for s in a.seeds.split(",")}, size=size,
+        out=a.out.resolve(), seeds=seeds, models=models, variants=variants,
+        teacher_locks={s: threading.Lock() for s in seeds}, size=size,
         device=a.device, threads=a.threads, jobs=a.jobs, epochs=a.epochs, workers=a.workers,
     )
     t0 = time.perf_counter()
     if a.report_only:
-        per_seed = {s: read_seed_metrics(plan, s) for s in plan.seeds}
+        try:
+            per_seed = {s: read_seed_metrics(plan, s) for s in plan.seeds}
+        except (FileNotFoundError, KeyError) as exc:
+            p.error(str(exc.args[0]))
     else:
         per_seed = run_study(plan)
     hard_classes = per_seed[plan.seeds[0]].pop("_hard_classes")
@@ -357,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         "train_sequences": size["train"],
         "val_sequences": size["val"],
         "configs": {"teacher": size["teacher"], "student": size["student"]},
-        "variants": {v.name: {"config": v.config or size["student"], "mode": v.mode} for v in variants.values()},
+        "variants": {
+            v.name: {"override": v.config, "config": str(plan.out / "configs" / f"{v.name}.yaml") if v.config else size["student"], "mode": v.mode}
+            for v in variants.values()
+        },
         "epochs": a.epochs,
         "seeds": plan.seeds,
         "wall_s": wall,

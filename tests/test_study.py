@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from m2s.evaluation.seeds import goal_met, mean_std, paired_difference, summarise_seeds
 
@@ -89,6 +90,11 @@ def test_study_script_end_to_end(tmp_path: Path) -> None:
     assert set(result["per_seed"]["0"]) == {"baseline", "joint", "joint-tc"}
     assert result["variants"]["joint-tc"]["mode"] == "joint"
     assert "logit_voxels" in (out / "seed0" / "joint-tc" / "manifest.json").read_text()
+    # the variant file holds only its distill section; the rest comes from the size's student config
+    merged = yaml.safe_load(Path(result["variants"]["joint-tc"]["config"]).read_text())
+    smoke_student = yaml.safe_load((ROOT / "pipelines/configs/demo-student.yaml").read_text())
+    assert merged["model"] == smoke_student["model"] and merged["epochs"] == smoke_student["epochs"]
+    assert merged["distill"] == {"mode": "joint", "logit_voxels": "teacher_correct"}
     full = result["per_seed"]
     paired = result["summary"]["paired"]["joint"]["hard_miou"]
     per_seed_diff = [result["per_seed"][s]["joint"]["hard_miou"] - result["per_seed"][s]["baseline"]["hard_miou"] for s in ("0", "1")]

@@ -95,10 +95,11 @@ class TrainConfig(_Strict):
     sync_bn: bool = False
 
 
-def _deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` laid over it: nested mappings merge key by key, anything else replaces."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -130,7 +131,7 @@ def build_config(model_cls: type[BaseModel], path: str | Path | None, overrides:
             cur[k] = {}
             cur = cur[k]
         cur[keys[-1]] = value
-        data = _deep_update(data, node)
+        data = deep_update(data, node)
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from m2s.evaluation.report import read_metrics_json  # noqa: E402
-from m2s.evaluation.seeds import MeanStd, StudySummary, summarise_seeds  # noqa: E402
+from m2s.evaluation.seeds import MeanStd, StudySummary, paired_difference, summarise_seeds  # noqa: E402
 
 # Benchmark sizes: synthetic data (sequences, generator seed, scan shape), configs, epochs.
 # Generator seed and sequences differ from the demo's (seed 0, 00/01 train, 08 val).
@@ -267,11 +267,36 @@ def run_study(plan: StudyPlan) -> dict[int, dict[str, Any]]:
         return {s: f.result() for s, f in evaluations.items()}
 
 
+def teacher_check(per_seed: dict[int, dict[str, Any]], hard_classes: list[str]) -> list[str]:
+    """The teacher against the baseline, paired by seed: better on hard mIoU, and on each class
+    fusion never touches (every non-hard class) no more than 1 point lower on average."""
+    seeds = sorted(per_seed)
+    if not all("teacher" in per_seed[s] and "baseline" in per_seed[s] for s in seeds):
+        return []
+    hard = paired_difference([per_seed[s]["teacher"]["hard_miou"] for s in seeds],
+                             [per_seed[s]["baseline"]["hard_miou"] for s in seeds])
+    untouched = {
+        c: paired_difference([per_seed[s]["teacher"]["iou"][c] for s in seeds], [per_seed[s]["baseline"]["iou"][c] for s in seeds])
+        for c in per_seed[seeds[0]]["baseline"]["iou"]
+        if c not in hard_classes
+    }
+    worst = sorted(untouched.items(), key=lambda kv: kv[1].mean)[:4]
+    met = hard.mean > 0 and all(d.mean >= -1.0 for d in untouched.values())
+    return [
+        "",
+        "| teacher vs baseline, paired | Δ hard mIoU (mean ± SE) | worst classes fusion does not touch (Δ IoU) | target: Δ hard > 0, none < −1 |",
+        "|---|---|---|---|",
+        f"| teacher | {hard.mean:+.2f} ± {hard.se:.2f} | "
+        + ", ".join(f"{c} {d.mean:+.1f}" for c, d in worst)
+        + f" | {'met' if met else 'not met'} |",
+    ]
+
+
 def fmt(ms: MeanStd) -> str:
     return f"{ms.mean:.1f} ± {ms.std:.1f}" if not math.isnan(ms.std) else f"{ms.mean:.1f}"
 
 
-def markdown_table(summary: StudySummary, hard_classes: list[str]) -> str:
+def markdown_table(summary: StudySummary, hard_classes: list[str], teacher_lines: list[str] = ()) -> str:
     models = list(summary.models)
     head = ["metric", *models]
     lines = [
@@ -297,6 +322,7 @@ def markdown_table(summary: StudySummary, hard_classes: list[str]) -> str:
                 f"| {name} | {p.miou.mean:+.2f} ± {p.miou.se:.2f} | {p.hard_miou.mean:+.2f} ± {p.hard_miou.se:.2f} "
                 f"| {per} | {'met' if p.goal_met else 'not met'} |"
             )
+    lines += teacher_lines
     return "\n".join(lines) + "\n"
 
 
@@ -397,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary.model_dump(mode="json"),
     }
     plan.out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(summary, hard_classes) + f"\nwall time {wall / 60:.1f} min\n"
+    table = markdown_table(summary, hard_classes, teacher_check(per_seed, hard_classes)) + f"\nwall time {wall / 60:.1f} min\n"
     for name, text in (("study.json", json.dumps(result, indent=2) + "\n"), ("study.md", table)):
         tmp = plan.out / (name + ".tmp")
         tmp.write_text(text)

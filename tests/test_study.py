@@ -115,3 +115,27 @@ def test_study_script_end_to_end(tmp_path: Path) -> None:
     assert "| joint |" not in (out / "study.md").read_text()
     proc = study("--seeds", "0,2", "--models", "baseline", "--report-only")
     assert proc.returncode != 0 and "seed 2 has no evaluation" in proc.stderr
+
+
+def test_study_reports_whether_the_teacher_beats_the_baseline_where_fusion_adds_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study_script", ROOT / "benchmarks" / "study.py")
+    assert spec is not None and spec.loader is not None
+    study = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, study)  # its dataclasses look their module up while being created
+    spec.loader.exec_module(study)
+
+    def seed(teacher_car: float, teacher_person: float) -> dict[str, object]:
+        return {
+            "baseline": {"miou": 40.0, "hard_miou": 30.0, "iou": {"car": 80.0, "road": 90.0, "person": 30.0}},
+            "teacher": {"miou": 41.0, "hard_miou": teacher_person, "iou": {"car": teacher_car, "road": 90.0, "person": teacher_person}},
+        }
+
+    # hard classes better, car (untouched by fusion) 0.5 lower on average: target met
+    lines = study.teacher_check({0: seed(79.0, 33.0), 1: seed(80.0, 35.0)}, ["person"])
+    assert "| teacher | +4.00 ± 1.00 | car -0.5, road +0.0 | met |" in lines
+    # car 2 points lower: not met, however much the hard classes gain
+    lines = study.teacher_check({0: seed(78.0, 40.0), 1: seed(78.0, 40.0)}, ["person"])
+    assert lines[-1].endswith("| not met |") and "car -2.0" in lines[-1]
+    assert study.teacher_check({0: {"baseline": seed(80, 30)["baseline"]}}, ["person"]) == []

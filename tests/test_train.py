@@ -179,6 +179,9 @@ def test_views_share_one_grid_and_out_of_range_points_are_dropped(tiny_data):
     block = cache.read_block(i)
     assert single.n_original == block.n_target and fused.n_original == block.points.shape[0]
     assert fused.n_original > single.n_original  # the teacher sees fused points
+    # own rows are the block's first n_target rows; the single view has nothing else
+    assert np.array_equal(fused.point_own, fused.kept < block.n_target) and single.point_own.all()
+    assert not fused.point_own.all()
     # dropped, not clamped: every kept point is in range, and out-of-range points exist
     assert single.kept.shape[0] < single.n_original
     # every single-scan voxel is a fused voxel with the same integer coordinates
@@ -192,6 +195,47 @@ def test_views_share_one_grid_and_out_of_range_points_are_dropped(tiny_data):
     v = batch.views["single"]
     assert v.coords[:, 0].unique().tolist() == [0, 1]
     assert int(v.point_to_voxel.max()) < v.coords.shape[0]
+
+
+def test_appended_rows_own_mode_is_the_own_task_loss_plus_weighted_appended_ce():
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from m2s.train.config import LossConfig
+    from m2s.train.losses import SegmentationLoss, lovasz_softmax
+    from m2s.train.run import task_loss
+
+    g = torch.Generator().manual_seed(0)
+    voxel_logits = torch.randn(5, 4, generator=g, requires_grad=True)
+    view = SimpleNamespace(
+        point_to_voxel=torch.tensor([0, 0, 1, 2, 3, 4, 4]),
+        point_labels=torch.tensor([1, 1, 2, 3, 0, 2, 3]),
+        point_own=torch.tensor([True, True, True, True, True, False, False]),
+        voxel_labels=torch.tensor([1, 2, 3, 0, 2]),
+    )
+    weights = np.array([0.0, 1.0, 2.0, 0.5], np.float32)
+    own_loss = SegmentationLoss(LossConfig(appended="own", appended_ce_weight=0.2), weights)
+    total, terms = task_loss(own_loss, voxel_logits, view)
+    point_logits = voxel_logits[view.point_to_voxel]
+    w = torch.from_numpy(weights)
+    expected = (
+        F.cross_entropy(point_logits[:5], view.point_labels[:5], weight=w, ignore_index=0)
+        + lovasz_softmax(point_logits[:5].softmax(1), view.point_labels[:5])
+        + 0.2 * F.cross_entropy(point_logits[5:], view.point_labels[5:], weight=w, ignore_index=0)
+    )
+    assert torch.allclose(total, expected) and set(terms) == {"ce", "lovasz", "ce_appended"}
+    # voxel 4 holds only appended points: its gradient is 0.2 x their CE's, nothing from Lovasz
+    total.backward()
+    appended_only = voxel_logits.grad[4].clone()
+    voxel_logits.grad = None
+    (0.2 * F.cross_entropy(point_logits[5:], view.point_labels[5:], weight=w, ignore_index=0)).backward()
+    assert torch.allclose(appended_only, voxel_logits.grad[4])
+    # "pooled" (the default) is one loss over every row
+    pooled, _ = task_loss(SegmentationLoss(LossConfig(), weights), voxel_logits, view)
+    assert not torch.allclose(pooled, total)
+    with pytest.raises(ValueError, match="level: points"):
+        LossConfig(appended="own", level="voxels")
 
 
 def test_in_range_mask_is_half_open():

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from m2s.errors import ConfigError
 from m2s.models import ModelConfig
@@ -57,6 +57,21 @@ class LossConfig(_Strict):
     max_class_weight: float = Field(10.0, gt=0)
     # where the task loss is computed ("on" would be parsed as a boolean by YAML 1.1)
     level: Literal["points", "voxels"] = "points"
+    # How a fused block's appended rows (hard-class points fusion brought from other scans) are
+    # supervised; only a teacher's input has any. "pooled": one loss over all rows, each appended
+    # point weighing like one of the scan's own. "own": the task loss (CE + Lovasz) on the scan's
+    # own points, as for the student, plus `appended_ce_weight` x the class-weighted CE of the
+    # appended points: the official M2SKD weighting (its fused branch adds 0.2 x CE on the voxels
+    # fusion changed). With "own", class frequencies for frequency_view "input" are counted on the
+    # own points, the rows the main loss is on.
+    appended: Literal["pooled", "own"] = "pooled"
+    appended_ce_weight: float = Field(0.2, ge=0)
+
+    @model_validator(mode="after")
+    def _appended_needs_points(self) -> "LossConfig":
+        if self.appended == "own" and self.level != "points":
+            raise ValueError("appended: own needs level: points (a voxel mixes own and appended points)")
+        return self
 
 
 class OptimConfig(_Strict):

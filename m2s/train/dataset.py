@@ -98,6 +98,8 @@ class View:
     voxel_count: np.ndarray  # int64 (V,) points per voxel (the density the graph KD reweights by)
     kept: np.ndarray  # int64 (N,) row of each kept point in the original view
     n_original: int
+    # bool (N,): the kept point is one of the scan's own (True) or a row fusion appended (False)
+    point_own: np.ndarray
 
 
 @dataclass
@@ -176,7 +178,7 @@ class ScanDataset(Dataset):
         self.epoch = epoch
 
     def _make_view(
-        self, xyz: np.ndarray, rem: np.ndarray, label_words: np.ndarray, hard_raw: np.ndarray, source: str
+        self, xyz: np.ndarray, rem: np.ndarray, label_words: np.ndarray, hard_raw: np.ndarray, source: str, n_own: int
     ) -> View:
         kept, coords, p2v, feats = voxelize_scan(xyz, rem, self.voxel)
         words_k = label_words[kept]
@@ -199,6 +201,7 @@ class ScanDataset(Dataset):
             voxel_count=np.bincount(p2v, minlength=v).astype(np.int64),
             kept=kept,
             n_original=xyz.shape[0],
+            point_own=kept < n_own,
         )
 
     def __getitem__(self, i: int) -> Sample:
@@ -213,7 +216,9 @@ class ScanDataset(Dataset):
         views = {}
         for name in self.views:
             rows = slice(None) if name == "fused" else slice(0, block.n_target)
-            views[name] = self._make_view(xyz[rows], rem[rows], block.label[rows], self._hard_raw[ci], source)
+            views[name] = self._make_view(
+                xyz[rows], rem[rows], block.label[rows], self._hard_raw[ci], source, block.n_target
+            )
         sample = Sample(views=views, index=i, sequence=block.sequence, frame=block.frame)
         if self.keep_original:
             sample.original_xyz = block.points[: block.n_target, :3].copy()
@@ -247,6 +252,7 @@ class ViewBatch:
     voxel_labels: torch.Tensor  # int64 (V,)
     voxel_instance: torch.Tensor  # int64 (V,) unique across the batch, 0 = none
     voxel_count: torch.Tensor  # int64 (V,)
+    point_own: torch.Tensor  # bool (N,): a scan's own point (False: appended by fusion)
     points_per_sample: list[int]
     voxels_per_sample: list[int]
 
@@ -288,6 +294,7 @@ def collate_views(samples: list[Sample]) -> Batch:
             voxel_labels=torch.from_numpy(np.concatenate([v.voxel_labels for v in vs])),
             voxel_instance=torch.from_numpy(np.concatenate([_unique_instance(v.voxel_instance, b) for b, v in enumerate(vs)])),
             voxel_count=torch.from_numpy(np.concatenate([v.voxel_count for v in vs])),
+            point_own=torch.from_numpy(np.concatenate([v.point_own for v in vs])),
             points_per_sample=[v.point_to_voxel.shape[0] for v in vs],
             voxels_per_sample=[v.coords.shape[0] for v in vs],
         )

@@ -63,17 +63,19 @@ class SegmentationLoss(torch.nn.Module):
         weights = torch.as_tensor(class_weights) if class_weights is not None else None
         self.register_buffer("class_weights", weights if weights is not None else torch.empty(0), persistent=False)
 
+    def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The class-weighted CE alone (0 when every label is ignored)."""
+        logits = logits.float()
+        if not bool((labels != IGNORE_INDEX).any()):
+            return logits.sum() * 0.0
+        weight = self.class_weights if self.class_weights.numel() else None
+        return F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE_INDEX)
+
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = logits.float()
-        weight = self.class_weights if self.class_weights.numel() else None
-        valid = labels != IGNORE_INDEX
         terms: dict[str, torch.Tensor] = {}
         if self.cfg.ce_weight > 0:
-            if valid.any():
-                ce = F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE_INDEX)
-            else:
-                ce = logits.sum() * 0.0
-            terms["ce"] = self.cfg.ce_weight * ce
+            terms["ce"] = self.cfg.ce_weight * self.cross_entropy(logits, labels)
         if self.cfg.lovasz_weight > 0:
             terms["lovasz"] = self.cfg.lovasz_weight * lovasz_softmax(logits.softmax(dim=1), labels)
         total = torch.stack(list(terms.values())).sum() if terms else logits.sum() * 0.0

@@ -64,11 +64,22 @@ class SupervisedModule(torch.nn.Module):
 
 
 def task_loss(loss: SegmentationLoss, voxel_logits: torch.Tensor, view: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    if loss.cfg.level == "points":
-        # index_select, not `logits[idx]`: its backward (index_add_) is deterministic on CPU,
-        # while advanced indexing accumulates duplicate indices in a thread-dependent order.
-        return loss(voxel_logits.index_select(0, view.point_to_voxel), view.point_labels)
-    return loss(voxel_logits, view.voxel_labels)
+    if loss.cfg.level != "points":
+        return loss(voxel_logits, view.voxel_labels)
+    if loss.cfg.appended == "own":
+        # The scan's own points carry the task loss; the appended ones only a weighted CE
+        # (none in a single view or a block fusion added nothing to: then that term is 0).
+        own = torch.nonzero(view.point_own).squeeze(1)
+        appended = torch.nonzero(~view.point_own).squeeze(1)
+        total, terms = loss(voxel_logits.index_select(0, view.point_to_voxel.index_select(0, own)), view.point_labels[own])
+        extra = loss.cross_entropy(
+            voxel_logits.index_select(0, view.point_to_voxel.index_select(0, appended)), view.point_labels[appended]
+        )
+        terms["ce_appended"] = (loss.cfg.appended_ce_weight * extra).detach()
+        return total + loss.cfg.appended_ce_weight * extra, terms
+    # index_select, not `logits[idx]`: its backward (index_add_) is deterministic on CPU,
+    # while advanced indexing accumulates duplicate indices in a thread-dependent order.
+    return loss(voxel_logits.index_select(0, view.point_to_voxel), view.point_labels)
 
 
 def check_run_folders(caches: list[Path], val_caches: list[Path], out: Path, teacher: Path | None = None) -> None:
@@ -207,7 +218,8 @@ def run_training(
             if val_caches
             else None
         )
-        freq_view: ViewName = "single" if cfg.loss.frequency_view == "single" else spec.train_view
+        own_rows = cfg.loss.frequency_view == "single" or cfg.loss.appended == "own"
+        freq_view: ViewName = "single" if own_rows else spec.train_view
         weights, counts = class_weights_for(cfg, train_ds, freq_view)
         net = build_model(cfg.model, cfg.backend)
         loss = SegmentationLoss(cfg.loss, weights)

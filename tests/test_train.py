@@ -197,6 +197,35 @@ def test_views_share_one_grid_and_out_of_range_points_are_dropped(tiny_data):
     assert int(v.point_to_voxel.max()) < v.coords.shape[0]
 
 
+def test_appended_keep_drops_whole_instances_of_appended_rows_and_never_own_rows(tiny_data):
+    from m2s.train.config import AugmentConfig
+
+    labels = load_label_manifest()
+    cache = open_fused_cache(tiny_data.train_cache)
+    i = next(j for j in range(len(cache)) if cache.read_block(j).points.shape[0] > cache.read_block(j).n_target)
+    block = cache.read_block(i)
+    appended_words = block.label[block.n_target :]
+
+    def fused_view(keep: float, epoch: int = 0):
+        ds = ScanDataset([cache], labels, VoxelConfig(voxel_size=0.25), ("fused", "single"), augment=AugmentConfig(appended_keep=keep), seed=3)
+        ds.set_epoch(epoch)
+        return ds[i].views
+
+    full, none = fused_view(1.0)["fused"], fused_view(0.0)["fused"]
+    assert (~full.point_own).sum() > 0 and (~none.point_own).sum() == 0
+    assert np.array_equal(none.kept, full.kept[full.point_own])  # own rows always stay
+    half = fused_view(0.5)["fused"]
+    rows = half.kept[~half.point_own]
+    kept_words = set(block.label[rows].tolist())
+    # an instance keeps all of its appended rows or none of them
+    full_rows = full.kept[~full.point_own]
+    assert np.array_equal(rows, full_rows[np.isin(block.label[full_rows], list(kept_words))])
+    assert 0 < len(kept_words) < len(set(appended_words.tolist()))
+    # drawn from (seed, epoch, index), apart from the geometric augmentation
+    assert np.array_equal(fused_view(0.5)["fused"].kept, half.kept)
+    assert np.array_equal(fused_view(0.5)["single"].feats, fused_view(1.0)["single"].feats)
+
+
 def test_appended_rows_own_mode_is_the_own_task_loss_plus_weighted_appended_ce():
     from types import SimpleNamespace
 

@@ -40,6 +40,10 @@ class AugmentConfig(_Strict):
     scale: tuple[float, float] = (0.95, 1.05)
     jitter_std: float = Field(0.01, ge=0)
     jitter_clip: float = Field(0.05, ge=0)
+    # Probability that a hard-class instance keeps the rows fusion appended to it in a training
+    # sample (fused view only; drawn per instance, sample and epoch). Below 1 the teacher also
+    # sees instances as single scans show them, so point density stops being a class cue.
+    appended_keep: float = Field(1.0, ge=0, le=1)
 
 
 class LossConfig(_Strict):

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from m2s.errors import ConfigError
-from m2s.fuse import FusedCache
+from m2s.fuse import FusedBlock, FusedCache
 from m2s.labels import LabelManifest
 from m2s.train.config import AugmentConfig, VoxelConfig
 
@@ -213,17 +213,33 @@ class ScanDataset(Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, i])
             xyz = augment_points(xyz, self.augment, rng)
         rem = block.points[:, 3]
+        fused_rows = self._fused_rows(block, i)
         views = {}
         for name in self.views:
-            rows = slice(None) if name == "fused" else slice(0, block.n_target)
-            views[name] = self._make_view(
-                xyz[rows], rem[rows], block.label[rows], self._hard_raw[ci], source, block.n_target
-            )
+            rows = fused_rows if name == "fused" else slice(0, block.n_target)
+            view = self._make_view(xyz[rows], rem[rows], block.label[rows], self._hard_raw[ci], source, block.n_target)
+            if isinstance(rows, np.ndarray):  # a subset of the block: `kept` names block rows
+                view.kept = rows[view.kept]
+            views[name] = view
         sample = Sample(views=views, index=i, sequence=block.sequence, frame=block.frame)
         if self.keep_original:
             sample.original_xyz = block.points[: block.n_target, :3].copy()
             sample.original_labels = self.labels.to_train(block.label[: block.n_target], source=source)
         return sample
+
+    def _fused_rows(self, block: FusedBlock, i: int) -> slice | np.ndarray:
+        """All rows of the block, or (augment.appended_keep < 1) the own rows plus the appended
+        rows of the instances drawn to keep theirs."""
+        keep = self.augment.appended_keep if self.augment is not None else 1.0
+        n = block.n_target
+        if keep >= 1.0 or block.points.shape[0] == n:
+            return slice(None)
+        # A stream of its own: the geometric augmentation draws stay what they were.
+        rng = np.random.default_rng([self.seed, self.epoch, i, 1])
+        words = block.label[n:]
+        instances, inverse = np.unique(words, return_inverse=True)  # label word = class + instance
+        kept_instances = rng.random(instances.shape[0]) < keep
+        return np.concatenate([np.arange(n), n + np.flatnonzero(kept_instances[inverse.reshape(-1)])])
 
     def class_frequencies(self, view: ViewName, max_scans: int) -> np.ndarray:
         """Train-id point counts over up to `max_scans` evenly spaced scans (no augmentation)."""

@@ -53,10 +53,11 @@ class LossConfig(_Strict):
     # or an explicit list of 20 weights (index = train id).
     class_weights: Literal["frequency", "none"] | list[float] = "frequency"
     frequency_scans: int = Field(200, gt=0, description="scans sampled to measure class frequencies")
-    # Which rows the frequencies are counted on. "input": the rows the net is trained on (for a
-    # teacher the fused blocks, where a fused class looks up to 5x more frequent); "single": the
-    # scans' own points. Measured on the demo data over 3 seeds, a teacher weighted by "single"
-    # over-weights the fused classes in the loss and loses 6.5 mIoU / 4.5 hard mIoU (README).
+    # Which rows the frequencies are counted on. "input": the rows the task loss is on (for a
+    # "pooled" teacher the fused blocks, where a fused class looks up to 5x more frequent; for an
+    # "own" one the scans' own points); "single": the scans' own points. Measured on the demo data
+    # over 3 seeds, a pooled teacher weighted by "single" over-weights the fused classes in the
+    # loss and loses 6.5 mIoU / 4.5 hard mIoU (README).
     frequency_view: Literal["single", "input"] = "input"
     max_class_weight: float = Field(10.0, gt=0)
     # where the task loss is computed ("on" would be parsed as a boolean by YAML 1.1)

@@ -43,6 +43,7 @@ class AugmentConfig(_Strict):
     # Probability that a hard-class instance keeps the rows fusion appended to it in a training
     # sample (fused view only; drawn per instance, sample and epoch). Below 1 the teacher also
     # sees instances as single scans show them, so point density stops being a class cue.
+    # Measured once at 0.5 (README): the teacher loses 5 mIoU and 10 hard mIoU; hence 1.
     appended_keep: float = Field(1.0, ge=0, le=1)
 
 

@@ -82,6 +82,11 @@ def test_identical_rerun_is_a_no_op_and_unfinished_run_needs_resume(trained_teac
     # loader workers cannot change the weights: not part of the identity either
     res = CliRunner().invoke(app, _train_cli(tiny_data, out, "--epochs", "8", "--workers", "1"))
     assert res.exit_code == 0 and "up to date" in res.output
+    # another config into a finished folder: refused as another model, even with --resume
+    for extra in ([], ["--resume"]):
+        res = CliRunner().invoke(app, _train_cli(tiny_data, out, "--epochs", "9", *extra))
+        assert res.exit_code == 1 and "holds another finished model" in res.output, res.output
+    assert (out / "manifest.json").read_text() == before
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     (copy / "manifest.json").unlink()

@@ -30,6 +30,7 @@ from m2s.artifacts import (
     existing_artifact,
     load_artifact,
     new_manifest,
+    readable_manifest,
     write_manifest,
 )
 from m2s.errors import ConfigError, M2SError
@@ -190,6 +191,13 @@ def run_training(
             _write_tensorboard(tensorboard, done.metrics.get("epochs", []))
         return done, None
     ckpt = out / CHECKPOINT_DIR / LAST_CHECKPOINT
+    prior = readable_manifest(out) if done is None else None
+    if prior is not None and prior.content_id != manifest.content_id:
+        # A finished model of another run: resuming its checkpoint would mix two configs.
+        raise M2SError(
+            f"{out} holds another finished model (content id {prior.content_id[:12]}: a different config, "
+            f"inputs or m2s version than this run's {manifest.content_id[:12]}); choose a new --out or remove it"
+        )
     if ckpt.exists() and not resume:
         raise M2SError(f"{out} holds an unfinished run; continue it with --resume or choose a new --out")
     if resume and not ckpt.exists():

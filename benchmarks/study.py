@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,7 +297,7 @@ def fmt(ms: MeanStd) -> str:
     return f"{ms.mean:.1f} ± {ms.std:.1f}" if not math.isnan(ms.std) else f"{ms.mean:.1f}"
 
 
-def markdown_table(summary: StudySummary, hard_classes: list[str], teacher_lines: list[str] = ()) -> str:
+def markdown_table(summary: StudySummary, hard_classes: list[str], teacher_lines: Sequence[str] = ()) -> str:
     models = list(summary.models)
     head = ["metric", *models]
     lines = [
@@ -322,7 +323,7 @@ def markdown_table(summary: StudySummary, hard_classes: list[str], teacher_lines
                 f"| {name} | {p.miou.mean:+.2f} ± {p.miou.se:.2f} | {p.hard_miou.mean:+.2f} ± {p.hard_miou.se:.2f} "
                 f"| {per} | {'met' if p.goal_met else 'not met'} |"
             )
-    lines += teacher_lines
+    lines.extend(teacher_lines)
     return "\n".join(lines) + "\n"
 
 

@@ -79,6 +79,15 @@ SIZES: dict[str, dict[str, Any]] = {
         "student": "pipelines/configs/full-student.yaml",
     },
 }
+def with_generator_seed(synth_args: str, seed: int) -> str:
+    """`synth_args` with its `--seed` replaced (or added): the same sizes, other scenes."""
+    args = shlex.split(synth_args)
+    if "--seed" in args:
+        i = args.index("--seed")
+        del args[i : i + 2]
+    return shlex.join([*args, "--seed", str(seed)])
+
+
 MODELS = ("baseline", "student", "joint")  # teacher is trained whenever a frozen student is asked for
 DISTILLED = ("student", "joint")
 
@@ -362,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         help="baseline, student, joint and variants name=config.yaml (mode from the config's distill.mode)",
     )
     p.add_argument("--size", choices=sorted(SIZES), default="cpu")
+    p.add_argument(
+        "--data-seed", type=int,
+        help="override the size's generator seed: the same benchmark on other synthetic data (held-out confirmation)",
+    )
     p.add_argument("--teacher-config", help="override the size's teacher config")
     p.add_argument("--student-config", help="override the size's student config")
     p.add_argument("--epochs", type=int, help="override the configs' epochs")
@@ -384,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     if not models or len(set(models)) != len(models):
         p.error(f"--models must name each model once, got {a.models!r}")
     size = dict(SIZES[a.size])
+    if a.data_seed is not None:
+        size["synth"] = with_generator_seed(size["synth"], a.data_seed)
     size["teacher"] = a.teacher_config or size["teacher"]
     size["student"] = a.student_config or size["student"]
     seeds = [int(s) for s in a.seeds.split(",")]

@@ -184,6 +184,36 @@ def test_teacher_correct_distils_only_voxels_whose_teacher_argmax_is_the_label(t
     assert float(masked["kd_logit"]) != pytest.approx(float(everywhere["kd_logit"]), rel=1e-3)
 
 
+def test_single_view_teacher_sees_only_the_students_scan(tiny_data, batch: Batch) -> None:
+    # teacher_view single (the control for what the fused input teaches): the frozen teacher runs
+    # on the student's own voxels, and the logit term is logit_kd against those outputs.
+    ch = _channels(tiny_data)
+    seen: list[int] = []
+
+    class Recording(CoordNet):
+        def forward(self, x: SparseTensor, return_features: bool | Sequence[str] = False):  # type: ignore[override]
+            seen.append(int(x.coords.shape[0]))
+            return super().forward(x, return_features)
+
+    student, teacher = CoordNet(LABELS.num_classes, ch, phase=0.4), Recording(LABELS.num_classes, ch)
+    _, terms = _module(tiny_data, student, teacher, teacher_view="single", logit_weight=2.0)(batch, 1.0)
+    single, fused = batch.views["single"], batch.views["fused"]
+    assert seen == [single.coords.shape[0]] and fused.coords.shape[0] > single.coords.shape[0]
+    with torch.no_grad():
+        s_logits = student(SparseTensor(single.coords, single.feats))
+        t_logits = teacher(SparseTensor(single.coords, single.feats))
+    expected = 2.0 * logit_kd(s_logits, t_logits, DistillConfig().temperature, torch.ones(len(s_logits)), None, "official")
+    assert float(terms["kd_logit"]) == pytest.approx(float(expected), rel=1e-6)
+    seen.clear()  # the default view: the same teacher gets the fused voxels
+    _module(tiny_data, student, teacher, logit_weight=2.0)(batch, 1.0)
+    assert seen == [fused.coords.shape[0]]
+
+
+def test_joint_mode_refuses_a_single_view_teacher() -> None:
+    with pytest.raises(ValueError, match="teacher_view must be 'fused'"):
+        DistillConfig(mode="joint", teacher_view="single")
+
+
 # ---- configured temperature and weights reach the losses -------------------------------------------
 VALUES = {
     "temperature": 2.5, "logit_weight": 3.0, "hard_class_weight": 4.0,

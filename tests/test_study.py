@@ -83,10 +83,13 @@ def test_study_script_end_to_end(tmp_path: Path) -> None:
             cwd=ROOT, capture_output=True, text=True, timeout=600,
         )
 
-    proc = study("--seeds", "0,1", "--models", f"baseline,joint,{variant}")
+    proc = study("--seeds", "0,1", "--models", f"baseline,joint,{variant}", "--data-seed", "13")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads((out / "study.json").read_text())
     assert result["seeds"] == [0, 1]
+    # --data-seed: the smoke size's scenes drawn with generator seed 13 instead of its own 11
+    assert result["synth"].endswith("--seed 13") and result["synth"].count("--seed") == 1
+    assert "13" in json.dumps(json.loads((out / "data" / "manifest.json").read_text()))
     assert set(result["per_seed"]["0"]) == {"baseline", "joint", "joint-tc"}
     assert result["variants"]["joint-tc"]["mode"] == "joint"
     assert "logit_voxels" in (out / "seed0" / "joint-tc" / "manifest.json").read_text()

@@ -38,6 +38,10 @@ class DistillConfig(BaseModel):
     # ---- who teaches ----
     # frozen: a teacher artifact (`--teacher`); joint: the student itself on the fused view.
     mode: DistillMode = "frozen"
+    # frozen mode: the view the teacher sees. fused (M2SKD): the multi-scan cloud. single: the
+    # student's own scan - the control that separates what the fused input teaches from what a
+    # stronger or longer-trained network teaches anyway (self-distillation, "born-again" nets).
+    teacher_view: Literal["fused", "single"] = "fused"
     # joint mode: weight of the fused branch's cross-entropy on the voxels whose label fusion
     # changed (voxels absent from the single view, or with another majority label).
     fused_ce_weight: float = Field(0.2, ge=0.0)
@@ -113,6 +117,8 @@ class DistillConfig(BaseModel):
     def _consistent(self) -> "DistillConfig":
         if self.feature_weight > 0 and not self.feature_layers:
             raise ValueError("feature_weight > 0 needs at least one entry in feature_layers")
+        if self.mode == "joint" and self.teacher_view != "fused":
+            raise ValueError("joint mode's teacher is its own fused-view branch: teacher_view must be 'fused'")
         if self.affinity_weight > 0 and self.affinity_source == "features" and not self.affinity_layer:
             raise ValueError("affinity_source='features' needs affinity_layer")
         return self

@@ -3,7 +3,8 @@
 Two modes (``distill.mode``):
 
 * ``frozen``: a separately trained teacher artifact (eval mode, no gradients) sees the fused
-  view and the student the single view;
+  view (or, with ``teacher_view: single``, the student's own view: a control) and the student
+  the single view;
 * ``joint`` (the official M2SKD scheme): one network, shared weights, runs on both views every
   step (both in train mode, both with gradients); its fused-view outputs, detached, are the
   teacher of its single-view branch, and the fused branch also gets a cross-entropy on the
@@ -151,10 +152,9 @@ class DistillModule(nn.Module):
             return net(x, return_features=self.needed_features)
         return net(x), {}
 
-    def _run_teacher(self, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _run_teacher(self, view: ViewBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         teacher = self.teacher
         assert teacher is not None
-        view = batch.views["fused"]
         first = next(teacher.parameters())
         if first.device != view.coords.device:
             teacher.to(view.coords.device)
@@ -179,6 +179,8 @@ class DistillModule(nn.Module):
         if self.kd.is_baseline:
             return task_total, terms
         fused = batch.views["fused"]
+        # the teacher's view: the fused one, or the single one for the frozen control
+        t_view = batch.views[self.kd.teacher_view]
         extra: dict[str, torch.Tensor] = {}
         if self.joint:
             # Same weights, train mode, with gradients: the fused branch learns from its own CE;
@@ -187,20 +189,20 @@ class DistillModule(nn.Module):
             t_logits_all = f_logits.detach()
             t_feats = {k: v.replace(v.feats.detach()) for k, v in f_feats.items()}
         else:
-            t_logits_all, t_feats = self._run_teacher(batch)
+            t_logits_all, t_feats = self._run_teacher(t_view)
         corr = BatchCorrespondence(
-            single.coords, fused.coords, {k: v.coords for k, v in s_feats.items()}, {k: v.coords for k, v in t_feats.items()}
+            single.coords, t_view.coords, {k: v.coords for k, v in s_feats.items()}, {k: v.coords for k, v in t_feats.items()}
         )
         if self.joint and self.kd.fused_ce_weight > 0:
             extra["ce_fused"] = self.kd.fused_ce_weight * self._fused_ce(f_logits, corr, single, fused)
-        extra |= self._kd_terms(single, fused, s_logits, s_feats, t_logits_all, t_feats, corr, progress)
+        extra |= self._kd_terms(single, t_view, s_logits, s_feats, t_logits_all, t_feats, corr, progress)
         total = task_total + sum(extra.values(), torch.zeros((), device=task_total.device))
         return total, terms | {k: v.detach() for k, v in extra.items()}
 
     def _kd_terms(
         self,
         single: ViewBatch,
-        fused: ViewBatch,
+        t_view: ViewBatch,
         s_logits: torch.Tensor,
         s_feats: dict[str, Any],
         t_logits_all: torch.Tensor,
@@ -242,7 +244,7 @@ class DistillModule(nn.Module):
             s_f, t_f = s_feats[layer], t_feats[layer]
             density = None
             if self.kd.graph_score == "density":
-                density = fused.voxel_count[corr.layer_fused_rows(layer)]
+                density = t_view.voxel_count[corr.layer_fused_rows(layer)]
             s_rows_in_input = corr.layer_input_rows(layer)
             kd_terms["kd_graph"] = weights["graph"] * self.graph(
                 s_f.feats,

@@ -118,6 +118,25 @@ def test_baseline_needs_no_teacher_and_matches_a_zero_weight_run(tiny_data, tmp_
     assert ma.metrics["epochs"][0]["train"] == mb.metrics["epochs"][0]["train"]
 
 
+@pytest.mark.slow  # two real `m2s distill` runs (~4 s)
+def test_single_view_control_is_taught_by_any_model_on_the_scan_alone(tiny_data, tmp_path):
+    # teacher_view single: a baseline student (a model that never saw a fused row) teaches; the
+    # run records it as its teacher and logs the logit term.
+    cfg = _student_config(tiny_data, tmp_path)
+    base = tmp_path / "baseline"
+    assert CliRunner().invoke(app, _distill_cli(tiny_data, base, cfg, "--kd", "none")).exit_code == 0
+    (tmp_path / "c").mkdir()
+    control = _student_config(tiny_data, tmp_path / "c", logit_weight=5.0, teacher_view="single")
+    out = tmp_path / "control"
+    res = CliRunner().invoke(app, _distill_cli(tiny_data, out, control, "--teacher", str(base), "--seed", "1"))
+    assert res.exit_code == 0, res.output
+    manifest = load_artifact(out, "model")
+    assert manifest.config["teacher_id"] == load_artifact(base, "model").content_id
+    assert manifest.config["distill"]["teacher_view"] == "single"
+    steps = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["event"] == "step"]
+    assert steps and all(r["kd_logit"] >= 0 for r in steps)
+
+
 @pytest.mark.slow  # needs the 2-epoch teacher (real training)
 def test_distillation_without_teacher_or_with_a_mismatched_teacher_is_refused(tiny_data, teacher, tmp_path):
     cfg = _student_config(tiny_data, tmp_path, **KD)

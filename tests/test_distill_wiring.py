@@ -209,7 +209,10 @@ def test_single_view_teacher_sees_only_the_students_scan(tiny_data, batch: Batch
     assert seen == [fused.coords.shape[0]]
 
 
-def test_joint_mode_refuses_a_single_view_teacher() -> None:
+def test_single_view_control_loads_no_fused_rows_and_joint_mode_refuses_it() -> None:
+    assert DistillConfig(teacher_view="single").views == ("single",)
+    assert DistillConfig().views == DistillConfig(mode="joint").views == ("fused", "single")
+    assert DistillConfig(logit_weight=0).views == ("single",)  # the baseline
     with pytest.raises(ValueError, match="teacher_view must be 'fused'"):
         DistillConfig(mode="joint", teacher_view="single")
 

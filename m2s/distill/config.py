@@ -28,6 +28,7 @@ from m2s.errors import ConfigError
 
 DistillTerm = Literal["logit", "feature", "affinity", "graph"]
 DistillMode = Literal["frozen", "joint"]
+TeacherView = Literal["fused", "single"]  # the dataset's view names (m2s.train.dataset.ViewName)
 
 
 class DistillConfig(BaseModel):
@@ -41,7 +42,7 @@ class DistillConfig(BaseModel):
     # frozen mode: the view the teacher sees. fused (M2SKD): the multi-scan cloud. single: the
     # student's own scan - the control that separates what the fused input teaches from what a
     # stronger or longer-trained network teaches anyway (self-distillation, "born-again" nets).
-    teacher_view: Literal["fused", "single"] = "fused"
+    teacher_view: TeacherView = "fused"
     # joint mode: weight of the fused branch's cross-entropy on the voxels whose label fusion
     # changed (voxels absent from the single view, or with another majority label).
     fused_ce_weight: float = Field(0.2, ge=0.0)
@@ -141,6 +142,14 @@ class DistillConfig(BaseModel):
     @property
     def needs_teacher_artifact(self) -> bool:
         return self.mode == "frozen" and not self.is_baseline
+
+    @property
+    def views(self) -> tuple[TeacherView, ...]:
+        """The views a training batch needs: the student's single view, plus the fused one
+        unless nothing looks at it (the baseline, the single-view teacher control)."""
+        if self.is_baseline or (self.mode == "frozen" and self.teacher_view == "single"):
+            return ("single",)
+        return ("fused", "single")
 
     def term_weights(self) -> dict[DistillTerm, float]:
         return {

@@ -48,7 +48,7 @@ def run_distillation(
         role="baseline" if baseline else "student",
         train_view="single",
         eval_view="single",
-        dataset_views=("single",) if baseline else ("fused", "single"),
+        dataset_views=cfg.distill.views,
         caches=caches,
         val_caches=val_caches,
         out=out,

@@ -178,14 +178,14 @@ class DistillModule(nn.Module):
         task_total, terms = task_loss(self.loss, s_logits, single)
         if self.kd.is_baseline:
             return task_total, terms
-        fused = batch.views["fused"]
-        # the teacher's view: the fused one, or the single one for the frozen control
+        # the teacher's view: the fused one (joint mode's is always fused), or the single one for
+        # the frozen control
         t_view = batch.views[self.kd.teacher_view]
         extra: dict[str, torch.Tensor] = {}
         if self.joint:
             # Same weights, train mode, with gradients: the fused branch learns from its own CE;
             # it teaches the single branch only through detached outputs.
-            f_logits, f_feats = self._run(self.net, fused)
+            f_logits, f_feats = self._run(self.net, t_view)
             t_logits_all = f_logits.detach()
             t_feats = {k: v.replace(v.feats.detach()) for k, v in f_feats.items()}
         else:
@@ -194,7 +194,7 @@ class DistillModule(nn.Module):
             single.coords, t_view.coords, {k: v.coords for k, v in s_feats.items()}, {k: v.coords for k, v in t_feats.items()}
         )
         if self.joint and self.kd.fused_ce_weight > 0:
-            extra["ce_fused"] = self.kd.fused_ce_weight * self._fused_ce(f_logits, corr, single, fused)
+            extra["ce_fused"] = self.kd.fused_ce_weight * self._fused_ce(f_logits, corr, single, t_view)
         extra |= self._kd_terms(single, t_view, s_logits, s_feats, t_logits_all, t_feats, corr, progress)
         total = task_total + sum(extra.values(), torch.zeros((), device=task_total.device))
         return total, terms | {k: v.detach() for k, v in extra.items()}

@@ -99,6 +99,10 @@ class Variant:
     name: str
     config: str | None  # None: the size's student config
     mode: str  # frozen (taught by the seed's teacher) | joint
+    # frozen mode: the seed's model that teaches. teacher: the fused-input teacher; baseline: the
+    # seed's baseline on the single view (`distill.teacher_view: single`, the self-distillation
+    # control: same architecture and schedule, no fused input).
+    teacher: str = "teacher"
 
 
 def parse_variant(spec: str) -> Variant:
@@ -113,8 +117,9 @@ def parse_variant(spec: str) -> Variant:
         raise ValueError(f"variant {spec!r}: needs a new name and an existing config file")
     from m2s.train.config import load_yaml_mapping
 
-    mode = str((load_yaml_mapping(config).get("distill") or {}).get("mode", "frozen"))
-    return Variant(name, config, mode)
+    distill = load_yaml_mapping(config).get("distill") or {}
+    mode = str(distill.get("mode", "frozen"))
+    return Variant(name, config, mode, "baseline" if distill.get("teacher_view") == "single" else "teacher")
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class StudyPlan:
     models: list[str]
     variants: dict[str, Variant]
     teacher_locks: dict[int, threading.Lock]  # one teacher per seed, however many frozen variants
+    baseline_locks: dict[int, threading.Lock]  # the baseline may also be the control's teacher
     size: dict[str, Any]
     device: str
     threads: int
@@ -195,23 +201,33 @@ def write_variant_configs(plan: StudyPlan) -> dict[str, str]:
 
 
 def train_model(plan: StudyPlan, seed: int, model: str, configs: dict[str, str]) -> None:
-    """Train one model of one seed (a teacher first, for the frozen-teacher student)."""
+    """Train one model of one seed: first its teacher for a frozen-teacher student (the fused-input
+    teacher, or the seed's baseline for the single-view control)."""
     d = plan.out / f"seed{seed}"
     caches = ["--cache", str(plan.out / "fused-train")]
     log = plan.out / "logs" / f"seed{seed}-{model}.log"
     teacher_cfg, student_cfg = plan.size["teacher"], plan.size["student"]
     variant = plan.variants.get(model)
     student_cfg = configs.get(model, student_cfg)
-    if variant is not None and variant.mode == "frozen":
-        with plan.teacher_locks[seed]:
+    if model == "baseline" or (variant is not None and variant.mode == "frozen" and variant.teacher == "baseline"):
+        with plan.baseline_locks[seed]:  # a second call finds the finished artifact: a no-op
             run_logged(
-                m2s_cmd("train-teacher", *caches, "--config", teacher_cfg, *train_args(plan, seed, d / "teacher")),
-                plan.out / "logs" / f"seed{seed}-teacher.log",
+                m2s_cmd("distill", *caches, "--config", plan.size["student"], "--kd", "none",
+                        *train_args(plan, seed, d / "baseline")),
+                plan.out / "logs" / f"seed{seed}-baseline.log",
                 plan.threads,
             )
-        extra = ["--teacher", str(d / "teacher")]
-    elif model == "baseline":
-        extra = ["--kd", "none"]
+        if model == "baseline":
+            return
+    if variant is not None and variant.mode == "frozen":
+        if variant.teacher == "teacher":
+            with plan.teacher_locks[seed]:
+                run_logged(
+                    m2s_cmd("train-teacher", *caches, "--config", teacher_cfg, *train_args(plan, seed, d / "teacher")),
+                    plan.out / "logs" / f"seed{seed}-teacher.log",
+                    plan.threads,
+                )
+        extra = ["--teacher", str(d / variant.teacher)]
     else:
         extra = ["--mode", "joint"]
     run_logged(
@@ -223,7 +239,7 @@ def train_model(plan: StudyPlan, seed: int, model: str, configs: dict[str, str])
 
 def evaluate_seed(plan: StudyPlan, seed: int) -> dict[str, Any]:
     d = plan.out / f"seed{seed}"
-    frozen = any(v.mode == "frozen" for v in plan.variants.values())
+    frozen = any(v.mode == "frozen" and v.teacher == "teacher" for v in plan.variants.values())
     names = (["teacher"] if frozen else []) + plan.models
     run_logged(
         m2s_cmd(
@@ -404,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in a.seeds.split(",")]
     plan = StudyPlan(
         out=a.out.resolve(), seeds=seeds, models=models, variants=variants,
-        teacher_locks={s: threading.Lock() for s in seeds}, size=size,
+        teacher_locks={s: threading.Lock() for s in seeds}, baseline_locks={s: threading.Lock() for s in seeds}, size=size,
         device=a.device, threads=a.threads, jobs=a.jobs, epochs=a.epochs, workers=a.workers,
     )
     t0 = time.perf_counter()
@@ -429,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_sequences": size["val"],
         "configs": {"teacher": size["teacher"], "student": size["student"]},
         "variants": {
-            v.name: {"override": v.config, "config": str(plan.out / "configs" / f"{v.name}.yaml") if v.config else size["student"], "mode": v.mode}
+            v.name: {"override": v.config, "config": str(plan.out / "configs" / f"{v.name}.yaml") if v.config else size["student"], "mode": v.mode, "teacher": v.teacher}
             for v in variants.values()
         },
         "epochs": a.epochs,

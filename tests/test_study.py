@@ -83,15 +83,23 @@ def test_study_script_end_to_end(tmp_path: Path) -> None:
             cwd=ROOT, capture_output=True, text=True, timeout=600,
         )
 
-    proc = study("--seeds", "0,1", "--models", f"baseline,joint,{variant}", "--data-seed", "13")
+    control = "selfkd=pipelines/configs/study/single-view-control.yaml"
+    proc = study("--seeds", "0,1", "--models", f"baseline,joint,{variant},{control}", "--data-seed", "13")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads((out / "study.json").read_text())
     assert result["seeds"] == [0, 1]
     # --data-seed: the smoke size's scenes drawn with generator seed 13 instead of its own 11
     assert result["synth"].endswith("--seed 13") and result["synth"].count("--seed") == 1
     assert "13" in json.dumps(json.loads((out / "data" / "manifest.json").read_text()))
-    assert set(result["per_seed"]["0"]) == {"baseline", "joint", "joint-tc"}
+    assert set(result["per_seed"]["0"]) == {"baseline", "joint", "joint-tc", "selfkd"}
     assert result["variants"]["joint-tc"]["mode"] == "joint"
+    # the single-view control is taught by its seed's baseline; no fused-input teacher is trained
+    assert result["variants"]["selfkd"]["teacher"] == "baseline"
+    for s in (0, 1):
+        control_manifest = json.loads((out / f"seed{s}" / "selfkd" / "manifest.json").read_text())
+        baseline_manifest = json.loads((out / f"seed{s}" / "baseline" / "manifest.json").read_text())
+        assert control_manifest["config"]["teacher_id"] == baseline_manifest["content_id"]
+        assert not (out / f"seed{s}" / "teacher").exists()
     assert "logit_voxels" in (out / "seed0" / "joint-tc" / "manifest.json").read_text()
     # the variant file holds only its distill section; the rest comes from the size's student config
     merged = yaml.safe_load(Path(result["variants"]["joint-tc"]["config"]).read_text())
@@ -105,7 +113,7 @@ def test_study_script_end_to_end(tmp_path: Path) -> None:
     # Each seed's models were scored by a real `m2s evaluate` artifact.
     for s in (0, 1):
         metrics = json.loads((out / f"seed{s}" / "eval" / "metrics.json").read_text())
-        assert set(metrics["models"]) == {"baseline", "joint", "joint-tc"}
+        assert set(metrics["models"]) == {"baseline", "joint", "joint-tc", "selfkd"}
     assert (out / "study.png").stat().st_size > 0
     assert "| joint |" in (out / "study.md").read_text()
 

@@ -79,6 +79,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "student": "pipelines/configs/full-student.yaml",
     },
 }
+
+
 def with_generator_seed(synth_args: str, seed: int) -> str:
     """`synth_args` with its `--seed` replaced (or added): the same sizes, other scenes."""
     args = shlex.split(synth_args)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from m2s.data.semantickitti import parse_sequence_list
 from m2s.evaluation.seeds import goal_met, mean_std, paired_difference, summarise_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +131,7 @@ def test_study_script_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "seed 2 has no evaluation" in proc.stderr
 
 
-def test_study_reports_whether_the_teacher_beats_the_baseline_where_fusion_adds_points(monkeypatch: pytest.MonkeyPatch) -> None:
+def load_study_script(monkeypatch: pytest.MonkeyPatch) -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("study_script", ROOT / "benchmarks" / "study.py")
@@ -136,6 +139,32 @@ def test_study_reports_whether_the_teacher_beats_the_baseline_where_fusion_adds_
     study = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, study)  # its dataclasses look their module up while being created
     spec.loader.exec_module(study)
+    return study
+
+
+def test_every_study_size_generates_disjoint_train_and_validation_sequences(monkeypatch: pytest.MonkeyPatch) -> None:
+    study = load_study_script(monkeypatch)
+    def synth_option(size: dict[str, Any], flag: str) -> str:
+        args = shlex.split(size["synth"])
+        return args[args.index(flag) + 1]
+
+    for name, size in study.SIZES.items():
+        generated = set(parse_sequence_list(synth_option(size, "--sequences")))
+        train, val = set(parse_sequence_list(size["train"])), set(parse_sequence_list(size["val"]))
+        assert train and val and not train & val, name
+        assert train | val <= generated, name
+        for cfg in (size["teacher"], size["student"]):
+            assert (ROOT / cfg).is_file(), (name, cfg)
+    # the wide size: the cpu size's 90 training scans per epoch, 4x its validation sequences
+    cpu, wide = study.SIZES["cpu"], study.SIZES["wide"]
+    assert len(parse_sequence_list(wide["val"])) == 4 * len(parse_sequence_list(cpu["val"]))
+    train_scans = {n: int(synth_option(s, "--scans")) * len(parse_sequence_list(s["train"])) for n, s in (("cpu", cpu), ("wide", wide))}
+    assert train_scans["wide"] == train_scans["cpu"] == 90
+    assert wide["epochs"] == 12
+
+
+def test_study_reports_whether_the_teacher_beats_the_baseline_where_fusion_adds_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    study = load_study_script(monkeypatch)
 
     def seed(teacher_car: float, teacher_person: float) -> dict[str, object]:
         return {

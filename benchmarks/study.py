@@ -18,6 +18,7 @@ are no-ops on identical inputs) and resume killed trainings.
 Usage:
     python benchmarks/study.py                           # 3 seeds, CPU-sized (see README)
     python benchmarks/study.py --seeds 0,1,2,3,4 --jobs 4 --threads 4
+    python benchmarks/study.py --out runs/study-wide --size wide --seeds 0,1 --jobs 2 --threads 1
     python benchmarks/study.py --out runs/study-gpu --size full --device cuda
 """
 

@@ -144,6 +144,7 @@ def load_study_script(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def test_every_study_size_generates_disjoint_train_and_validation_sequences(monkeypatch: pytest.MonkeyPatch) -> None:
     study = load_study_script(monkeypatch)
+
     def synth_option(size: dict[str, Any], flag: str) -> str:
         args = shlex.split(size["synth"])
         return args[args.index(flag) + 1]

@@ -51,4 +51,13 @@ STUDY_ARGS ?=
 study:
 	$(PY) benchmarks/study.py --out $(STUDY) $(STUDY_ARGS)
 
+# `make realism`: model-free realism report of a fresh synthetic draw against real SemanticKITTI
+# (class shares, points per instance vs range, the cue test, issue 27's no-model targets);
+# e.g. REALISM_ARGS="--seed 101 --check" or REALISM_ARGS="--data runs/demo/data".
+REALISM_ARGS ?=
+.PHONY: realism
+realism:
+	@mkdir -p runs/bench
+	$(PY) benchmarks/bench_realism.py --json runs/bench/realism.json $(REALISM_ARGS)
+
 include pipelines/demo.mk pipelines/semantickitti.mk pipelines/synthetic-full.mk

@@ -96,6 +96,13 @@ def print_report(r: dict[str, Any]) -> None:
             rec = " ".join(f"{k[:5]} {v:.2f}" for k, v in sub["recall"].items())
             print(f"  {' + '.join(sub['cues']):<28}{sub['macro_accuracy']:>10.3f}   {rec}")
         print(f"  {'max':<28}{c['max_macro_accuracy']:>10.3f}")
+    if c.get("per_class_medians"):
+        print("  cue medians per class (extents in metres: 1st-99th percentile of all its scans' points in its "
+              "own frame; |lateral| from the ego path; speed m/s)")
+        print(f"  {'class':<16}{'n':>6}{'length':>8}{'width':>8}{'height':>8}{'|lateral|':>11}{'speed':>8}")
+        for name, m in c["per_class_medians"].items():
+            print(f"  {name:<16}{m['instances']:>6}{m['length']:>8.2f}{m['width']:>8.2f}{m['height']:>8.2f}"
+                  f"{m['abs_lateral']:>11.2f}{m['speed']:>8.2f}")
 
     print("\nno-model targets (issue 27 item 3)")
     for t in r["targets"]:
@@ -129,7 +136,9 @@ def main() -> int:
             sequences = parse_sequence_list(args.sequences or "00-05")
             if args.out is None:
                 work = Path(tempfile.mkdtemp(prefix="bench_realism_"))
-            root = args.out or (work / "data")  # type: ignore[operator]
+                root = work / "data"
+            else:
+                root = args.out
             cfg = SynthConfig(sequences=sequences, test_sequences=[], scans=args.scans, beams=args.beams,
                               columns=args.columns, seed=args.seed)
             generate_dataset(root, cfg, workers=max(1, args.workers))

@@ -10,6 +10,7 @@ for its place beside the ego path and its speed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -78,7 +79,7 @@ def _lateral(world_xy: np.ndarray, ego: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", rel, ego[near, :2, 1]) / np.linalg.norm(ego[near, :2, 1], axis=1)
 
 
-def collect(root: str, sequences: list[str], labels: LabelManifest, thing_classes: list[str]) -> DrawStats:
+def collect(root: str | Path, sequences: list[str], labels: LabelManifest, thing_classes: list[str]) -> DrawStats:
     """Walk `sequences` of the draw under `root` (labelled; see the module docstring)."""
     thing_ids = labels.train_ids_of(thing_classes)
     C = labels.num_classes
@@ -91,13 +92,13 @@ def collect(root: str, sequences: list[str], labels: LabelManifest, thing_classe
     scans = 0
     have_truth = True
     for si, name in enumerate(sequences):
-        seq = Sequence(root, name)  # type: ignore[arg-type]
+        seq = Sequence(Path(root), name)
         if not seq.has_labels:
             raise DataError(f"{seq.path}: sequence {name} has no labels; the realism report needs labelled scans")
         truth_path = seq.path / INSTANCE_POSES_NAME
         truth = read_instance_poses(truth_path) if truth_path.is_file() else None
         have_truth &= truth is not None
-        ego = seq.poses if truth is not None else None  # world_from_lidar per frame
+        ego = seq.poses if truth is not None else np.zeros((0, 4, 4))  # world_from_lidar per frame
         for frame, pts, words in seq.iter_scans():
             scans += 1
             sem, inst = split_label_word(words)
@@ -124,11 +125,11 @@ def collect(root: str, sequences: list[str], labels: LabelManifest, thing_classe
             missing += int((~known[inv]).sum())
             obj.append(p)
             if known.any():
-                world = ego[frame] @ mats[known]  # type: ignore[index]
+                world = ego[frame] @ mats[known]
                 track_key.append((si << 16) | ids[known])
                 track_xy.append(world[:, :2, 3])
                 track_t.append(np.full(int(known.sum()), seq.times[frame]))
-                track_lat.append(_lateral(world[:, :2, 3], ego))  # type: ignore[arg-type]
+                track_lat.append(_lateral(world[:, :2, 3], ego))
 
     cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dtype=dt)  # noqa: E731
     inst_key, scan_key = cat(inst_keys, np.int64), cat(scan_keys, np.int64)

@@ -20,7 +20,7 @@ from m2s.errors import DataError
 
 def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int = 5) -> np.ndarray:
     """Majority vote of the `k` nearest training rows (Euclidean on features standardised by the
-    training rows); a tie goes to the tied class with the nearest member."""
+    training rows); a tied vote goes to the tied class whose neighbours rank nearer."""
     train_x = np.asarray(train_x, dtype=np.float64)
     test_x = np.asarray(test_x, dtype=np.float64)
     train_y = np.asarray(train_y, dtype=np.int64)

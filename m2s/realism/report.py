@@ -94,7 +94,7 @@ def build_report(
     """The whole report of the labelled `sequences` under `root` as a JSON-ready dict."""
     targets = targets or Targets()
     things = ["car", *labels.hard_classes]
-    stats: DrawStats = collect(str(root), sequences, labels, things)
+    stats: DrawStats = collect(root, sequences, labels, things)
     hard_ids = labels.hard_train_ids
     real = real_shares(labels)
     sim = shares_from_counts(stats.counts)
@@ -138,14 +138,17 @@ def build_report(
                              "recall": {names[c]: v for c, v in r.recall.items()}} for r in results],
                 "max_macro_accuracy": max(r.macro_accuracy for r in results),
             }
+        # what the cues look like per class (instances that enter the test), to see which overlap
         cue["per_class_medians"] = {
-            names[c]: {"count": int((inst.train_id == c).sum()),
-                       "length": float(np.median(inst.extents[inst.train_id == c, 0])),
-                       "width": float(np.median(inst.extents[inst.train_id == c, 1])),
-                       "height": float(np.median(inst.extents[inst.train_id == c, 2])),
-                       "abs_lateral": float(np.median(np.abs(inst.lateral[inst.train_id == c]))),
-                       "speed": float(np.median(inst.speed[inst.train_id == c]))}
-            for c in np.unique(inst.train_id[keep]).tolist()
+            names[c]: {
+                "instances": int((y == c).sum()),
+                "length": float(np.median(x["extents"][y == c, 0])),
+                "width": float(np.median(x["extents"][y == c, 1])),
+                "height": float(np.median(x["extents"][y == c, 2])),
+                "abs_lateral": float(np.median(np.abs(x["lateral"][y == c]))),
+                "speed": float(np.median(x["speed"][y == c])),
+            }
+            for c in present.tolist()
         }
 
     # ---- targets

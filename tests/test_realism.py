@@ -205,3 +205,56 @@ def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
     out = _run("--data", str(tmp_path / "nowhere"))
     assert out.returncode == 2
     assert "error:" in out.stderr
+
+
+# ---- the one pass over a draw, on a hand-made sequence with known truth ------------------------
+def _yaw(theta: float, t: tuple[float, float, float]) -> np.ndarray:
+    m = np.eye(4)
+    c, s = np.cos(theta), np.sin(theta)
+    m[:2, :2] = [[c, -s], [s, c]]
+    m[:3, 3] = t
+    return m
+
+
+def test_collect_recovers_extents_lateral_and_speed(tmp_path: Path) -> None:
+    from m2s.data.semantickitti import write_calib, write_labels, write_poses, write_scan, write_times
+    from m2s.labels import make_label_word
+    from m2s.realism.collect import collect
+    from m2s.synth.truth import write_instance_poses
+
+    rng = np.random.default_rng(7)
+    frames, dt = 4, 0.1
+    tr = _yaw(-np.pi / 2, (0.1, -0.2, 0.3))  # any rigid LiDAR -> camera transform
+    ego = np.stack([_yaw(0.2, (2.0 * f * np.cos(0.2), 2.0 * f * np.sin(0.2), 0.0)) for f in range(frames)])
+    # a 4 x 2 x 1.5 m car 6 m left of the ego path, driving along it at 3 m/s, heading 0.5 rad off
+    obj_world = np.stack([ego[0] @ _yaw(0.5, (10.0 + 3.0 * dt * f, 6.0, -1.7)) for f in range(frames)])
+    seq = tmp_path / "sequences" / "00"
+    rel = np.linalg.inv(ego[0]) @ ego
+    write_poses(seq / "poses.txt", tr @ rel @ np.linalg.inv(tr))
+    write_calib(seq / "calib.txt", {"Tr": tr})
+    write_times(seq / "times.txt", dt * np.arange(frames))
+    lidar_from_object = np.linalg.inv(ego) @ obj_world
+    for f in range(frames):
+        box = rng.uniform([-2.0, -1.0, 0.0], [2.0, 1.0, 1.5], (3000, 3))
+        car = box @ lidar_from_object[f, :3, :3].T + lidar_from_object[f, :3, 3]
+        road = rng.uniform([-20, -20, -1.7], [20, 20, -1.7], (1000, 3))
+        xyz = np.concatenate([car, road]).astype(np.float32)
+        write_scan(seq / "velodyne" / f"{f:06d}.bin", np.concatenate([xyz, np.zeros((len(xyz), 1), np.float32)], 1))
+        sem = np.r_[np.full(3000, 10), np.full(1000, 40)]
+        inst = np.r_[np.full(3000, 1), np.zeros(1000)]
+        write_labels(seq / "labels" / f"{f:06d}.label", make_label_word(sem, inst))
+    write_instance_poses(seq / "instance_poses.txt", np.arange(frames), np.ones(frames), lidar_from_object)
+
+    labels = load_label_manifest()
+    stats = collect(tmp_path, ["00"], labels, ["car", *labels.hard_classes])
+    assert stats.scans == frames and stats.missing_poses == 0
+    assert stats.counts[labels.train_names.index("car")] == 3000 * frames
+    assert stats.counts[labels.train_names.index("road")] == 1000 * frames
+    inst = stats.instances
+    assert inst is not None and inst.instance.tolist() == [1]
+    assert inst.train_id.tolist() == [labels.train_names.index("car")]
+    assert inst.points.tolist() == [3000 * frames] and inst.scans.tolist() == [frames]
+    assert inst.extents[0] == pytest.approx([3.92, 1.96, 1.47], abs=0.03)  # 1st-99th percentile of a uniform box
+    assert inst.lateral[0] == pytest.approx(6.0, abs=1e-6)
+    assert inst.speed[0] == pytest.approx(3.0, abs=1e-6)
+    assert stats.instance_scans.points.tolist() == [3000] * frames

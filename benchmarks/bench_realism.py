@@ -56,7 +56,8 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"data: {r['data']} ({', '.join(r['sequences'])}; {r['scans']} scans, {r['points']} points)")
     gen = f", generator version {r['generator_version']}" if r.get("generator_version") is not None else ""
     print(f"resolution: {s['beams']} beams x {s['columns']} columns, "
-          f"{s['elevation_top_deg']:+g}..{s['elevation_bottom_deg']:+g} deg, sensor {s['sensor_height']:g} m above ground (from {s['source']}){gen}")
+          f"{s['elevation_top_deg']:+g}..{s['elevation_bottom_deg']:+g} deg, "
+          f"sensor {s['sensor_height']:g} m above ground (from {s['source']}){gen}")
 
     sh = r["shares"]
     hard = set(sh["hard_classes"])

@@ -27,7 +27,9 @@ def _repo_root_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # ---- a tiny synthetic dataset, fused once per test session ------------------------------------
-TINY_SYNTH = dict(sequences=["00", "08"], test_sequences=[], scans=10, beams=16, columns=256, seed=3)
+# hard_rate: the realistic default makes hard classes as rare as on real streets; tiny test draws
+# need every class in a few scans
+TINY_SYNTH = dict(sequences=["00", "08"], test_sequences=[], scans=10, beams=16, columns=256, seed=3, hard_rate=20.0)
 TINY_TRAIN_CONFIG = """
 model: {size: 14, width: 0.5}
 voxel: {voxel_size: 0.25}

@@ -54,13 +54,18 @@ def synth(
     columns: int = typer.Option(2048, "--columns", min=16, max=16_384, help="Azimuth steps per revolution."),
     seed: int = typer.Option(0, "--seed", min=0, help="Base seed; each sequence derives its own from it."),
     workers: int = typer.Option(1, "--workers", min=1, max=256, help="Parallel generator processes."),
+    hard_rate: float = typer.Option(
+        1.0, "--hard-rate", min=0.01, max=100.0,
+        help="Multiplier on the rates of hard-class things (1 = shares as on real streets).",
+    ),
 ) -> None:
     """Generate synthetic LiDAR sequences in the SemanticKITTI layout (ray-cast HDL-64E-like scans)."""
     seqs = _sequence_option(sequences, "--sequences", allow_none=True)
     tests = _sequence_option(test_sequences, "--test-sequences", allow_none=True)
     try:
         cfg = SynthConfig(
-            sequences=seqs, test_sequences=tests, scans=scans, beams=beams, columns=columns, seed=seed
+            sequences=seqs, test_sequences=tests, scans=scans, beams=beams, columns=columns, seed=seed,
+            hard_rate=hard_rate,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

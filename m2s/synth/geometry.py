@@ -5,7 +5,8 @@ array expressions: a centre, half extents ``(a, b, c)`` and a yaw about the vert
 
 * box:       half sizes ``(a, b, c)`` along its local x, y, z, rotated by ``yaw``;
 * cylinder:  vertical axis, radius ``a`` (``b == a``), half height ``c``;
-* ellipsoid: vertical axis of symmetry, horizontal radius ``a`` (``b == a``), vertical radius ``c``.
+* ellipsoid: radii ``(a, b, c)`` along its local x, y, z, rotated by ``yaw`` (a wheel is a disc
+  ``(r, thickness, r)``, a torso ``(depth, width, height)``).
 
 Rays leave the origin of the frame the primitives are given in (the sensor frame). Instead of
 testing all rays against all primitives, each primitive is first reduced to the window of
@@ -121,12 +122,13 @@ def ray_windows(prims: Prims, grid: RayGrid) -> tuple[np.ndarray, np.ndarray, np
     az_c = np.arctan2(cy, cx)
     is_box = prims.kind == BOX
 
-    # round footprints
-    half_w = np.arcsin(np.clip(a / np.maximum(dist, 1e-9), 0.0, 1.0))
+    # round footprints (an ellipsoid's footprint lies within the circle of its larger radius)
+    radius = np.maximum(a, b)
+    half_w = np.arcsin(np.clip(radius / np.maximum(dist, 1e-9), 0.0, 1.0))
     lo_rel, hi_rel = -half_w, half_w.copy()
-    r_min = np.maximum(dist - a, 0.0)
-    r_max = dist + a
-    inside = dist <= a
+    r_min = np.maximum(dist - radius, 0.0)
+    r_max = dist + radius
+    inside = dist <= radius
 
     if is_box.any():
         cyaw, syaw = np.cos(prims.yaw[is_box]), np.sin(prims.yaw[is_box])
@@ -232,13 +234,20 @@ def _hit_cylinders(prims: Prims, prim: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 
 def _hit_ellipsoids(prims: Prims, prim: np.ndarray, d: np.ndarray) -> np.ndarray:
-    rh = prims.half[:, 0].astype(np.float32)[prim]
-    rz = prims.half[:, 2].astype(np.float32)[prim]
-    # scaling space by 1/radii turns the ellipsoid into a unit sphere and keeps the ray parameter
-    ox = (-prims.center[:, 0]).astype(np.float32)[prim] / rh
-    oy = (-prims.center[:, 1]).astype(np.float32)[prim] / rh
-    oz = (-prims.center[:, 2]).astype(np.float32)[prim] / rz
-    dx, dy, dz = d[:, 0] / rh, d[:, 1] / rh, d[:, 2] / rz
+    ra = prims.half[:, 0].astype(np.float32)[prim]
+    rb = prims.half[:, 1].astype(np.float32)[prim]
+    rc = prims.half[:, 2].astype(np.float32)[prim]
+    cyaw, syaw = np.cos(prims.yaw), np.sin(prims.yaw)
+    c = prims.center
+    # ray origin and direction in the ellipsoid's frame, then space scaled by 1/radii: the
+    # ellipsoid becomes a unit sphere and the ray parameter t is unchanged
+    ox = (-(cyaw * c[:, 0] + syaw * c[:, 1])).astype(np.float32)[prim] / ra
+    oy = (-(-syaw * c[:, 0] + cyaw * c[:, 1])).astype(np.float32)[prim] / rb
+    oz = (-c[:, 2]).astype(np.float32)[prim] / rc
+    cs, sn = cyaw.astype(np.float32)[prim], syaw.astype(np.float32)[prim]
+    dx = (cs * d[:, 0] + sn * d[:, 1]) / ra
+    dy = (-sn * d[:, 0] + cs * d[:, 1]) / rb
+    dz = d[:, 2] / rc
     a = dx * dx + dy * dy + dz * dz
     hb = ox * dx + oy * dy + oz * dz
     cc = ox * ox + oy * oy + oz * oz - 1.0

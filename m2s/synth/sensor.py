@@ -9,7 +9,9 @@ import numpy as np
 from m2s.labels import make_label_word
 from m2s.synth.config import SynthConfig
 from m2s.synth.geometry import Prims, RayGrid, cast
-from m2s.synth.world import CURB, PARKING_OUT, SIDEWALK, World, ground_class, sequence_rng
+from m2s.synth.ids import OUTLIER
+from m2s.synth.layout import CURB, ground_class
+from m2s.synth.world import World, sequence_rng
 
 
 @dataclass(frozen=True)
@@ -38,23 +40,21 @@ def _ground(
     base_out = np.zeros(dirs.shape[0], dtype=np.float32)
     d = dirs[down]
 
-    def hit(level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def hit(level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         t = (level / d[:, 2]).astype(np.float32)
         lx, ly = d[:, 0] * t, d[:, 1] * t
         x = position[0] + c * lx - s * ly
         y = position[1] + s * lx + c * ly
-        sem, base = ground_class(world.street, x, y)
-        return t, x, y, sem, base
+        sem, base, raised = ground_class(world.street, world.layout, x, y)
+        return t, sem, base, raised
 
-    # the raised plane is met first: keep it where the ground there really is raised
-    t_hi, x_hi, y_hi, sem_hi, base_hi = hit(CURB - height)
-    t_lo, x_lo, y_lo, sem_lo, base_lo = hit(-height)
-    raised = np.abs(world.street.lateral(x_hi, y_hi)) >= PARKING_OUT
-    low_ok = np.abs(world.street.lateral(x_lo, y_lo)) < PARKING_OUT
-    # otherwise the ray went under the raised level and stops at the curb face (labelled sidewalk)
-    t_out[down] = np.where(raised, t_hi, t_lo)
-    sem_out[down] = np.where(raised, sem_hi, np.where(low_ok, sem_lo, SIDEWALK))
-    base_out[down] = np.where(raised, base_hi, np.where(low_ok, base_lo, np.float32(0.26)))
+    # the raised plane is met first: keep it where the ground there really is raised; otherwise
+    # the ray goes on to road level, and where the ground there is raised it met the curb face
+    t_hi, sem_hi, base_hi, raised_hi = hit(CURB - height)
+    t_lo, sem_lo, base_lo, _ = hit(-height)
+    t_out[down] = np.where(raised_hi, t_hi, t_lo)
+    sem_out[down] = np.where(raised_hi, sem_hi, sem_lo)
+    base_out[down] = np.where(raised_hi, base_hi, base_lo)
     return t_out, sem_out, base_out
 
 
@@ -92,6 +92,12 @@ def render_scan(world: World, cfg: SynthConfig, frame: int) -> Scan:
     p_drop = cfg.dropout + 0.3 * rng_ratio**3 * (1.0 - base)
     keep = np.isfinite(t) & (t < cfg.max_range) & (t > cfg.min_range) & (u >= p_drop)
 
+    # outliers: spurious echoes (multipath, dust) at a random range along the ray
+    outlier = keep & (rng.random(n, dtype=np.float32) < np.float32(cfg.outlier_rate))
+    t = np.where(outlier, t * rng.uniform(0.2, 1.0, n).astype(np.float32), t)
+    sem = np.where(outlier, OUTLIER, sem).astype(np.uint32)
+    inst = np.where(outlier, 0, inst).astype(np.uint32)
+    keep &= t > cfg.min_range
     r = (t[keep] + noise[keep])[:, None]
     points = np.empty((r.shape[0], 4), dtype=np.float32)
     points[:, :3] = dirs[keep] * r

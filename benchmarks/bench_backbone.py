@@ -27,9 +27,10 @@ from typing import Any
 import torch
 
 from m2s.models import ModelConfig, build_model
-from m2s.sparse import SparseTensor, get_backend, voxel_mean, voxelize
+from m2s.sparse import SparseTensor, get_backend
 from m2s.sparse.backend import BACKEND_NAMES
 from m2s.sparse.synthetic import synthetic_scan
+from m2s.voxel import VoxelConfig, batch_coords, voxelize_scan
 
 
 def _sync(device: torch.device) -> None:
@@ -129,8 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     xyz, intensity = synthetic_scan(args.points, seed=args.seed)
-    coords, p2v = voxelize(xyz, torch.zeros(xyz.shape[0], dtype=torch.long), args.voxel_size)
-    feats = voxel_mean(torch.cat([xyz, intensity[:, None]], 1), p2v, coords.shape[0])
+    # The grid every stage uses, with a range enclosing the whole synthetic scan.
+    lo, hi = xyz.min(0).values.floor() - 1.0, xyz.max(0).values.ceil() + 1.0
+    voxel = VoxelConfig(voxel_size=args.voxel_size, point_range=(*lo.tolist(), *hi.tolist()))
+    _, grid, _, voxel_feats = voxelize_scan(xyz.numpy(), intensity.numpy(), voxel)
+    coords, feats = torch.from_numpy(batch_coords([grid])), torch.from_numpy(voxel_feats)
     x = SparseTensor(coords.to(device), feats.to(device))
     labels = torch.randint(0, 20, (coords.shape[0],), generator=torch.Generator().manual_seed(args.seed)).to(device)
     scan_s = time.perf_counter() - t0

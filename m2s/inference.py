@@ -21,6 +21,7 @@ from m2s.artifacts import Manifest, load_artifact, verify_artifact_files
 from m2s.errors import ArtifactError, ConfigError
 from m2s.models import ModelConfig, build_model
 from m2s.sparse.tensor import SparseTensor
+from m2s.voxel import VoxelConfig, grid_extent, voxelize_scan
 
 WEIGHTS_DIR = "weights"
 
@@ -57,7 +58,7 @@ class LoadedModel:
     manifest: Manifest
     path: Path
     model_cfg: ModelConfig
-    voxel: Any  # m2s.train.config.VoxelConfig
+    voxel: VoxelConfig
     device: torch.device
 
     @property
@@ -100,8 +101,6 @@ def load_model_artifact(
     verify: bool = True,
 ) -> LoadedModel:
     """Rebuild a trained network from a `model` artifact (architecture, voxel config, weights)."""
-    from m2s.train.config import VoxelConfig
-
     folder = Path(path)
     manifest = load_artifact(folder, "model")
     if verify:  # sha256 of the weights, checkpoint and log before anything is built from them
@@ -111,6 +110,10 @@ def load_model_artifact(
         voxel = VoxelConfig.model_validate(manifest.config["voxel"])
     except (KeyError, ValueError) as exc:
         raise ArtifactError(f"{folder}: model manifest lacks a valid architecture/voxel config ({exc})") from None
+    try:
+        grid_extent(voxel)  # the key codec must hold the grid, or coordinates would wrap
+    except ConfigError as exc:
+        raise ArtifactError(f"{folder}: {exc}") from None
     weights = folder / weights_file(checkpoint)
     if not weights.is_file():
         raise ArtifactError(f"{folder}: no {checkpoint} weights ({weights})")
@@ -142,8 +145,6 @@ class Predictor:
 
     @torch.no_grad()
     def predict(self, scans: list[np.ndarray]) -> list[np.ndarray]:
-        from m2s.train.dataset import voxelize_scan
-
         voxel = self.loaded.voxel
         coords_list, feats_list, p2v_list, kept_list = [], [], [], []
         offset = 0

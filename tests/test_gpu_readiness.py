@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from m2s.distill.config import DistillConfig
-from m2s.distill.correspondence import hash_keys, lookup_voxels, match_voxels, pack_keys
+from m2s.distill.correspondence import hash_coords, lookup_voxels, match_voxels
 from m2s.distill.task import DistillModule, StudentConfig
 from m2s.fuse import open_fused_cache
 from m2s.inference import LoadedModel
@@ -153,7 +153,7 @@ def test_correspondence_and_hash_follow_the_input_device() -> None:
         rows = match_voxels(student, teacher)
         looked, found = lookup_voxels(student, teacher)
         empty = lookup_voxels(student[:0], teacher)
-        h = hash_keys(pack_keys(teacher))
+        h = hash_coords(teacher)
     _all_on(torch.device("cpu"), rows, looked, found, empty, h)
     assert torch.equal(rows, ref) and bool(found.all())
 

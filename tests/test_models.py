@@ -19,8 +19,9 @@ from m2s.models import (
     feature_channels,
 )
 from m2s.models.minkunet import ResidualBlock
-from m2s.sparse import SparseTensor, pack_keys, voxel_mean, voxelize
+from m2s.sparse import SparseTensor, pack_keys, voxel_mean
 from m2s.sparse.synthetic import synthetic_scan
+from parity_helpers import voxelize_cloud
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def scan() -> tuple[SparseTensor, torch.Tensor]:
     xyz1, i1 = synthetic_scan(2000, seed=1, extent=30.0)
     xyz = torch.cat([xyz0, xyz1])
     batch = torch.cat([torch.zeros(3000, dtype=torch.long), torch.ones(2000, dtype=torch.long)])
-    coords, p2v = voxelize(xyz, batch, 0.1)
+    coords, p2v = voxelize_cloud(xyz, batch, 0.1)
     feats = voxel_mean(torch.cat([xyz, torch.cat([i0, i1])[:, None]], 1), p2v, coords.shape[0])
     return SparseTensor(coords, feats), p2v
 

@@ -17,7 +17,6 @@ from m2s.sparse import (
     pack_keys,
     unpack_keys,
     voxel_mean,
-    voxelize,
 )
 from m2s.sparse import backend as backend_mod
 from m2s.sparse.torch_backend import TorchBackend
@@ -69,21 +68,6 @@ def test_pack_unpack_roundtrip_and_order() -> None:
     assert order.tolist() == expect
 
 
-def test_voxelize_assigns_every_point_and_sorts() -> None:
-    g = torch.Generator().manual_seed(1)
-    xyz = (torch.rand(5000, 3, generator=g) - 0.5) * 20.0
-    batch = torch.randint(0, 3, (5000,), generator=g)
-    coords, p2v = voxelize(xyz, batch, 0.5)
-    assert coords.dtype == torch.int32 and p2v.dtype == torch.int64
-    assert coords.shape[1] == 4 and p2v.shape == (5000,)
-    expect = torch.cat([batch[:, None], torch.floor(xyz.double() / 0.5).long()], dim=1)
-    assert torch.equal(coords[p2v].long(), expect)
-    keys = pack_keys(coords)
-    assert bool((keys[1:] > keys[:-1]).all()), "voxels must be unique and sorted by key"
-    coords2, p2v2 = voxelize(xyz.flip(0), batch.flip(0), 0.5)
-    assert torch.equal(coords, coords2) and torch.equal(p2v2.flip(0), p2v)
-
-
 def test_voxel_mean() -> None:
     p2v = torch.tensor([0, 0, 2, 2, 2])
     f = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
@@ -91,23 +75,6 @@ def test_voxel_mean() -> None:
     assert torch.allclose(m, torch.tensor([[2.0, 3.0], [0.0, 0.0], [2.0, 2.0]]))
     with pytest.raises(DataError):
         voxel_mean(f, p2v, 2)
-
-
-@pytest.mark.parametrize(
-    ("xyz", "batch", "vs", "err"),
-    [
-        (torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), 0.05, DataError),
-        (torch.tensor([[0.0, float("nan"), 0.0]]), torch.zeros(1, dtype=torch.long), 0.05, DataError),
-        (torch.tensor([[0.0, 0.0, 1e4]]), torch.zeros(1, dtype=torch.long), 0.05, DataError),
-        (torch.zeros(2, 3), torch.tensor([0, -1]), 0.05, DataError),
-        (torch.zeros(2, 3), torch.zeros(3, dtype=torch.long), 0.05, DataError),
-        (torch.zeros(2, 2), torch.zeros(2, dtype=torch.long), 0.05, DataError),
-        (torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), 0.0, ConfigError),
-    ],
-)
-def test_voxelize_rejects_bad_input(xyz: torch.Tensor, batch: torch.Tensor, vs: float, err: type) -> None:
-    with pytest.raises(err):
-        voxelize(xyz, batch, vs)
 
 
 def test_submanifold_conv_matches_dense_conv3d() -> None:

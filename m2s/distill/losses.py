@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from m2s.distill.correspondence import canonical_order, hashed_order, pack_keys
+from m2s.distill.correspondence import canonical_order, hashed_order
 from m2s.errors import ConfigError
 
 _EPS = 1e-12
@@ -223,7 +223,7 @@ def _group_affinity_errors(
     of row order. Memory is O(num_groups * max_points^2).
     """
     num_groups, m = counts.shape[0], gid.shape[0]
-    order = hashed_order(pack_keys(coords), salt)
+    order = hashed_order(coords, salt)
     order = order[torch.sort(gid[order], stable=True).indices]
     g_sorted = gid[order]
     starts = torch.cumsum(counts, 0) - counts
@@ -464,9 +464,9 @@ class LocalGraphKD(nn.Module):
                 return 1.0 - F.cosine_similarity(s.float(), t.float(), dim=1, eps=1e-8)
             raise ConfigError("graph score 'disagreement' needs logits when feature widths differ")
 
-    def _select(self, score: Tensor, keys: Tensor, batch: Tensor) -> Tensor:
+    def _select(self, score: Tensor, coords: Tensor, batch: Tensor) -> Tensor:
         """Rows of the top-`num_queries` voxels of each sample by (score desc, hash, key)."""
-        order = hashed_order(keys)
+        order = hashed_order(coords)
         order = order[torch.sort(score[order], descending=True, stable=True).indices]
         order = order[torch.sort(batch[order], stable=True).indices]
         _, counts = torch.unique_consecutive(batch[order], return_counts=True)
@@ -530,9 +530,8 @@ class LocalGraphKD(nn.Module):
             return _zero(student_feats)
         # Work in coordinate order: selection, kNN ties and every reduction then see identical
         # inputs whatever order the rows came in.
-        keys = pack_keys(coords)
-        perm = canonical_order(keys)
-        keys, batch = keys[perm], coords[perm, 0].long()
+        perm = canonical_order(coords)
+        ordered, batch = coords[perm], coords[perm, 0].long()
         s = student_feats[perm].float()
         t = teacher_feats[perm].detach().float()
         score = self._scores(
@@ -542,7 +541,7 @@ class LocalGraphKD(nn.Module):
             None if student_logits is None else student_logits[perm],
             None if teacher_logits is None else teacher_logits[perm].detach(),
         )
-        queries = self._select(score, keys, batch)
+        queries = self._select(score, ordered, batch)
         neighbours, valid = self._knn(t, batch, queries)
 
         g_s = self.student_adapter(s, queries, neighbours, valid)

@@ -1,11 +1,11 @@
 """Sparse 3D convolution: one interface; pure-PyTorch, MinkowskiEngine and spconv backends.
 
-Typical use::
+Typical use (the grid is m2s.voxel's, shared with training and inference)::
 
-    from m2s.sparse import SparseTensor, voxelize, voxel_mean
-    coords, p2v = voxelize(xyz, batch, voxel_size=0.05)
-    x = SparseTensor(coords, voxel_mean(point_feats, p2v, len(coords)))
-    logits_per_point = model(x)[p2v]
+    from m2s.voxel import VoxelConfig, batch_coords, voxelize_scan
+    kept, coords, p2v, feats = voxelize_scan(xyz, remission, VoxelConfig(voxel_size=0.05))
+    x = SparseTensor(torch.from_numpy(batch_coords([coords])), torch.from_numpy(feats))
+    logits_per_kept_point = model(x)[torch.from_numpy(p2v)]
 """
 
 from m2s.sparse.backend import (
@@ -27,7 +27,7 @@ from m2s.sparse.tensor import (
     unpack_keys,
     validate_input,
 )
-from m2s.sparse.voxelize import voxel_mean, voxelize
+from m2s.sparse.voxelize import voxel_mean
 
 __all__ = [
     "BACKEND_NAMES",
@@ -46,5 +46,4 @@ __all__ = [
     "unpack_keys",
     "validate_input",
     "voxel_mean",
-    "voxelize",
 ]

@@ -14,17 +14,17 @@ import torch
 
 from m2s.errors import DataError
 
-# Key packing: [batch:16 | x:16 | y:16 | z:16] in one int64 (batch stays below 2**15, so keys are
-# non-negative and sort in (batch, x, y, z) order).
-_FIELD_BITS = 16
-_HALF = 1 << (_FIELD_BITS - 1)
-_MASK = (1 << _FIELD_BITS) - 1
-# Margin below the field limit so that neighbour offsets (up to +-1 at stride 16) and flooring
-# to coarser grids can never overflow a field: key(c + d) == key(c) + key_delta(d) always holds.
-COORD_MARGIN = 256
-COORD_MIN = -_HALF + COORD_MARGIN
-COORD_MAX = _HALF - COORD_MARGIN - 1
-BATCH_MAX = _HALF - 1
+# The coordinate-key codec is m2s.voxel's (one codec for the whole house), re-exported here.
+from m2s.voxel import (  # noqa: F401  (re-exports)
+    BATCH_MAX,
+    COORD_MARGIN,
+    COORD_MAX,
+    COORD_MIN,
+    check_coords,
+    key_delta,
+    pack_keys,
+    unpack_keys,
+)
 
 #: Canonical 3x3x3 offset order: (dx, dy, dz) with x slowest, z fastest; index 13 is the centre
 #: and the offset of -d sits at 26 - index(d).
@@ -32,31 +32,6 @@ OFFSETS_3 = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)), dtype=to
 #: Canonical 2x2x2 offset order for stride-2 down/up convolutions (x slowest, z fastest).
 OFFSETS_2 = torch.tensor(list(itertools.product((0, 1), repeat=3)), dtype=torch.int64)
 CENTER_3 = 13
-
-
-def pack_keys(coords: torch.Tensor) -> torch.Tensor:
-    """Pack (V, 4) ``[b, x, y, z]`` coordinates (already range-checked) into int64 keys."""
-    c = coords.to(torch.int64)
-    key = c[:, 0] << (3 * _FIELD_BITS)
-    key |= (c[:, 1] + _HALF) << (2 * _FIELD_BITS)
-    key |= (c[:, 2] + _HALF) << _FIELD_BITS
-    key |= c[:, 3] + _HALF
-    return key
-
-
-def unpack_keys(keys: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`pack_keys`, returning int32 (V, 4) coordinates."""
-    out = torch.empty((keys.shape[0], 4), dtype=torch.int64, device=keys.device)
-    out[:, 0] = keys >> (3 * _FIELD_BITS)
-    out[:, 1] = ((keys >> (2 * _FIELD_BITS)) & _MASK) - _HALF
-    out[:, 2] = ((keys >> _FIELD_BITS) & _MASK) - _HALF
-    out[:, 3] = (keys & _MASK) - _HALF
-    return out.to(torch.int32)
-
-
-def key_delta(dx: int, dy: int, dz: int) -> int:
-    """Key difference of a spatial offset (valid because of :data:`COORD_MARGIN`)."""
-    return (dx << (2 * _FIELD_BITS)) + (dy << _FIELD_BITS) + dz
 
 
 class CoordinateManager(Protocol):
@@ -196,6 +171,6 @@ def validate_input(coords: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     keys = pack_keys(coords)
     if torch.unique(keys).numel() != keys.numel():
         raise DataError(
-            "duplicate voxel coordinates: voxelize the points first (m2s.sparse.voxelize)"
+            "duplicate voxel coordinates: voxelize the points first (m2s.voxel.voxelize_scan)"
         )
     return keys

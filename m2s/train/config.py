@@ -1,4 +1,7 @@
-"""Training configuration: one pydantic model, loaded from YAML, with CLI overrides."""
+"""Training configuration: one pydantic model, loaded from YAML, with CLI overrides.
+
+`VoxelConfig` lives in m2s.voxel (below every stage); it is re-exported here for old imports.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +9,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from m2s.errors import ConfigError
 from m2s.models import ModelConfig
+from m2s.voxel import VoxelConfig
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class VoxelConfig(_Strict):
-    """Voxel grid shared by teacher and student: an absolute grid, so views of one scan align."""
-
-    voxel_size: float = Field(0.05, gt=0)
-    # x_min, y_min, z_min, x_max, y_max, z_max in metres (LiDAR frame). Points outside are
-    # dropped for training, never clamped; evaluation still predicts them (see m2s.inference).
-    point_range: tuple[float, float, float, float, float, float] = (-51.2, -51.2, -4.0, 51.2, 51.2, 2.4)
-
-    @field_validator("point_range")
-    @classmethod
-    def _ordered(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if not all(v[i] < v[i + 3] for i in range(3)):
-            raise ValueError("point_range must be (xmin, ymin, zmin, xmax, ymax, zmax) with min < max")
-        return v
 
 
 class AugmentConfig(_Strict):

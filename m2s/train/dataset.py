@@ -18,48 +18,19 @@ from torch.utils.data import Dataset
 from m2s.errors import ConfigError
 from m2s.fuse import FusedBlock, FusedCache
 from m2s.labels import LabelManifest
-from m2s.train.config import AugmentConfig, VoxelConfig
+from m2s.train.config import AugmentConfig
+# The grid lives in m2s.voxel; these names stay importable from here for older callers.
+from m2s.voxel import (  # noqa: F401  (re-exports)
+    VoxelConfig,
+    batch_coords,
+    grid_extent,
+    in_range_mask,
+    segment_mean,
+    voxelize_points,
+    voxelize_scan,
+)
 
 ViewName = Literal["fused", "single"]
-_AXIS_BITS = 21  # per-axis bits of a packed voxel key; (max - min) / voxel_size must fit
-
-
-def grid_extent(voxel: VoxelConfig) -> np.ndarray:
-    lo = np.asarray(voxel.point_range[:3])
-    hi = np.asarray(voxel.point_range[3:])
-    extent = np.ceil((hi - lo) / voxel.voxel_size).astype(np.int64)
-    if (extent >= (1 << _AXIS_BITS)).any():
-        raise ConfigError(
-            f"point_range / voxel_size gives a grid of {extent.tolist()} voxels; at most {1 << _AXIS_BITS} per axis"
-        )
-    return extent
-
-
-def in_range_mask(xyz: np.ndarray, voxel: VoxelConfig) -> np.ndarray:
-    lo = np.asarray(voxel.point_range[:3], dtype=xyz.dtype)
-    hi = np.asarray(voxel.point_range[3:], dtype=xyz.dtype)
-    return np.all((xyz >= lo) & (xyz < hi), axis=1)
-
-
-def voxelize_points(xyz: np.ndarray, voxel: VoxelConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Quantise in-range points on the absolute grid anchored at the range minimum.
-
-    Returns int32 voxel coordinates (V,3) sorted by packed key (a deterministic order) and the
-    int64 point->voxel map (N,).
-    """
-    lo = np.asarray(voxel.point_range[:3], dtype=np.float64)
-    grid = np.floor((xyz.astype(np.float64) - lo) / voxel.voxel_size).astype(np.int64)
-    keys = (grid[:, 0] << (2 * _AXIS_BITS)) | (grid[:, 1] << _AXIS_BITS) | grid[:, 2]
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    mask = (1 << _AXIS_BITS) - 1
-    coords = np.stack([uniq >> (2 * _AXIS_BITS), (uniq >> _AXIS_BITS) & mask, uniq & mask], axis=1)
-    return coords.astype(np.int32), inverse.reshape(-1).astype(np.int64)
-
-
-def segment_mean(values: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
-    counts = np.bincount(index, minlength=n).astype(np.float64)
-    out = np.stack([np.bincount(index, weights=values[:, c], minlength=n) for c in range(values.shape[1])], axis=1)
-    return (out / np.maximum(counts, 1)[:, None]).astype(np.float32)
 
 
 def majority_label(labels: np.ndarray, index: np.ndarray, n: int, num_classes: int) -> np.ndarray:
@@ -68,20 +39,6 @@ def majority_label(labels: np.ndarray, index: np.ndarray, n: int, num_classes: i
     labelled = hist[:, 1:]
     best = labelled.argmax(axis=1) + 1
     return np.where(labelled.max(axis=1) > 0, best, 0).astype(np.int64)
-
-
-def voxelize_scan(
-    xyz: np.ndarray, remission: np.ndarray, voxel: VoxelConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """How a scan becomes network input, for training and inference alike.
-
-    Returns the rows kept (in range), their voxel coordinates (V,3), the point->voxel map of the
-    kept rows and the voxel features (V,4): mean x, y, z, remission.
-    """
-    kept = np.flatnonzero(in_range_mask(xyz, voxel))
-    coords, p2v = voxelize_points(xyz[kept], voxel)
-    feats = segment_mean(np.concatenate([xyz[kept], remission[kept, None]], axis=1), p2v, coords.shape[0])
-    return kept, coords, p2v, feats
 
 
 @dataclass
@@ -298,9 +255,7 @@ def collate_views(samples: list[Sample]) -> Batch:
     for name in names:
         vs = [s.views[name] for s in samples]
         voxel_offsets = np.cumsum([0] + [v.coords.shape[0] for v in vs])
-        coords = np.concatenate(
-            [np.concatenate([np.full((v.coords.shape[0], 1), b, np.int32), v.coords], axis=1) for b, v in enumerate(vs)]
-        )
+        coords = batch_coords([v.coords for v in vs])
         views[name] = ViewBatch(
             coords=torch.from_numpy(coords),
             feats=torch.from_numpy(np.concatenate([v.feats for v in vs])),

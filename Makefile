@@ -60,4 +60,12 @@ realism:
 	@mkdir -p runs/bench
 	$(PY) benchmarks/bench_realism.py --json runs/bench/realism.json $(REALISM_ARGS)
 
+# `make gpu-check`: the GPU path in one time-boxed command (CUDA tests, CPU<->CUDA parity, backbone and
+# training throughput at full size; docs/gpu.md). On a machine without CUDA:
+# GPU_CHECK_ARGS="--device cpu --quick" (what tests/test_gpu_check.py runs).
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+gpu-check:
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
 include pipelines/demo.mk pipelines/semantickitti.mk pipelines/synthetic-full.mk

@@ -102,6 +102,26 @@ def test_knn_identical_features_give_chance() -> None:
     assert macro_accuracy(y, pred) == pytest.approx(0.25)
 
 
+def test_knn_balanced_votes_keep_a_common_class_from_winning_by_numbers() -> None:
+    # the test row's 5 nearest: 3 of a common class (300 in training), 2 of a rare one (2 in
+    # training): plain votes give it to the common class, class-balanced votes to the rare one
+    common = np.r_[[0.1, -0.1, 0.12], np.linspace(5.0, 50.0, 297)]
+    x = np.r_[common, [0.2, -0.2]][:, None]
+    y = np.r_[np.zeros(300, int), np.ones(2, int)]
+    test = np.zeros((1, 1))
+    assert knn_predict(x, y, test, balanced=False)[0] == 0
+    assert knn_predict(x, y, test)[0] == 1
+
+
+def test_cue_test_scores_only_classes_met_in_both_folds() -> None:
+    y = np.array([0] * 10 + [1] * 10 + [0] * 10 + [2] * 10)  # class 1 only in fold A, 2 only in fold B
+    groups = np.repeat(["00", "01", "02", "03"], 10)
+    cues = {"planted": y.astype(float)}
+    (result,) = cue_test(cues, y, groups)
+    assert set(result.recall) == {0}
+    assert result.macro_accuracy == pytest.approx(1.0)
+
+
 def test_cue_test_finds_the_planted_cue_in_every_subset_that_holds_it() -> None:
     rng = np.random.default_rng(1)
     y = np.tile(np.repeat(np.arange(4), 10), 4)  # 4 sequences x 4 classes x 10 instances
@@ -182,12 +202,23 @@ def test_script_reads_an_existing_draw_and_check_sets_the_exit_code(
     small_draw: tuple[Path, dict, str], tmp_path: Path
 ) -> None:
     root, first, _ = small_draw
-    out = _run("--data", str(root), "--check", "--json", str(tmp_path / "again.json"))
+    out = _run("--data", str(root), "--cue-data", f"{root}-cue", "--check", "--json", str(tmp_path / "again.json"))
     assert out.returncode == (0 if first["all_pass"] else 1), out.stderr
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["shares"] == first["shares"]
     assert again["cue_test"] == first["cue_test"]
     assert "generate_s" not in again["timing"]
+
+
+
+def test_cue_test_runs_on_the_boosted_draw(small_draw: tuple[Path, dict, str]) -> None:
+    root, report, _ = small_draw
+    cue = report["cue_test"]
+    assert cue["data"] == f"{root}-cue"
+    boosted = json.loads((Path(f"{root}-cue") / "manifest.json").read_text())
+    assert boosted["config"]["hard_rate"] == 8.0 and boosted["config"]["seed"] == 5
+    # the share draw keeps the realistic rates
+    assert json.loads((root / "manifest.json").read_text())["config"]["hard_rate"] == 1.0
 
 
 def test_report_without_ground_truth_skips_the_cue_test(small_draw: tuple[Path, dict, str], tmp_path: Path) -> None:

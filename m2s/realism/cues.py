@@ -18,9 +18,15 @@ from scipy.spatial import cKDTree
 from m2s.errors import DataError
 
 
-def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int = 5) -> np.ndarray:
+def knn_predict(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int = 5, balanced: bool = True
+) -> np.ndarray:
     """Majority vote of the `k` nearest training rows (Euclidean on features standardised by the
-    training rows); a tied vote goes to the tied class whose neighbours rank nearer."""
+    training rows); a tied vote goes to the tied class whose neighbours rank nearer.
+
+    `balanced`: each neighbour votes with the inverse of its class's training frequency, so a
+    class with many instances (car) does not win merely by being common; macro accuracy then
+    measures how separable the classes are, not how imbalanced the draw is."""
     train_x = np.asarray(train_x, dtype=np.float64)
     test_x = np.asarray(test_x, dtype=np.float64)
     train_y = np.asarray(train_y, dtype=np.int64)
@@ -41,7 +47,9 @@ def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k:
     votes = np.zeros((test_x.shape[0], classes.size), dtype=np.float64)
     # one vote each, plus a tie-breaker smaller than one vote that favours nearer neighbours
     weight = 1.0 + (k - np.arange(k)) / (k * (k + 1.0))
-    np.add.at(votes, (np.repeat(np.arange(test_x.shape[0]), k), yi[idx].ravel()), np.tile(weight, test_x.shape[0]))
+    per_class = 1.0 / np.bincount(yi, minlength=classes.size) if balanced else np.ones(classes.size)
+    vote = np.tile(weight, test_x.shape[0]) * per_class[yi[idx].ravel()]
+    np.add.at(votes, (np.repeat(np.arange(test_x.shape[0]), k), yi[idx].ravel()), vote)
     return classes[votes.argmax(axis=1)]
 
 
@@ -78,6 +86,15 @@ def cross_predict(x: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int = 5) 
     return pred
 
 
+def scorable(y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Rows whose class also has instances in the other fold: a class met in one fold only can
+    never be predicted there, which would lower macro accuracy for a reason unrelated to cues."""
+    keep = np.zeros(y.shape[0], dtype=bool)
+    for test in two_fold_groups(groups):
+        keep[test] = np.isin(y[test], np.unique(y[~test]))
+    return keep
+
+
 @dataclass(frozen=True)
 class CueResult:
     cues: tuple[str, ...]
@@ -99,10 +116,13 @@ def cue_test(
     for n, v in cols.items():
         if not np.isfinite(v).all():
             raise DataError(f"cue test: cue {n!r} has non-finite values")
+    ok = scorable(y, groups)
+    if not ok.any():
+        raise DataError("cue test: no class has instances in both folds")
     out = []
     for size in range(1, len(names) + 1):
         for subset in itertools.combinations(names, size):
             x = np.hstack([cols[n] for n in subset])
-            pred = cross_predict(x, y, groups, k)
-            out.append(CueResult(subset, macro_accuracy(y, pred), per_class_recall(y, pred)))
+            pred = cross_predict(x, y, groups, k)[ok]
+            out.append(CueResult(subset, macro_accuracy(y[ok], pred), per_class_recall(y[ok], pred)))
     return out

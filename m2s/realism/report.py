@@ -90,8 +90,13 @@ def build_report(
     density_classes: tuple[str, ...] = ("person", "bicyclist", "car"),
     range_bins: tuple[float, ...] = DEFAULT_RANGE_BINS,
     k: int = 5,
+    cue_draw: tuple[str | Path, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """The whole report of the labelled `sequences` under `root` as a JSON-ready dict."""
+    """The whole report of the labelled `sequences` under `root` as a JSON-ready dict.
+
+    `cue_draw` (root, sequences): run the cue test on another draw, e.g. one of the same
+    generator with more hard-class things (`hard_rate`), so that every class has enough instances
+    for a k-NN test; the cues of an instance do not depend on how many there are."""
     targets = targets or Targets()
     things = ["car", *labels.hard_classes]
     stats: DrawStats = collect(root, sequences, labels, things)
@@ -116,8 +121,9 @@ def build_report(
 
     # ---- the cue test
     cue: dict[str, Any] = {"available": False, "reason": "no instance_poses.txt (ground truth) in every sequence"}
-    if stats.instances is not None:
-        inst = stats.instances
+    cue_stats = stats if cue_draw is None else collect(cue_draw[0], cue_draw[1], labels, things)
+    if cue_stats.instances is not None:
+        inst = cue_stats.instances
         keep = inst.points >= targets.min_points
         x = {"extents": inst.extents[keep], "lateral": inst.lateral[keep], "speed": inst.speed[keep]}
         y, groups = inst.train_id[keep], inst.sequence[keep]
@@ -127,6 +133,8 @@ def build_report(
             results = cue_test(x, y, groups, k)
             cue = {
                 "available": True,
+                "data": str(root if cue_draw is None else cue_draw[0]),
+                "votes": "class-balanced (each neighbour weighs 1 / its class's training count)",
                 "k": k,
                 "folds": "2-fold by sequence (first half of the sorted sequences vs the rest)",
                 "instances": int(keep.sum()),

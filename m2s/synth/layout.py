@@ -112,7 +112,7 @@ def draw_layout(rng: np.random.Generator, x_lo: float, x_hi: float) -> Layout:
     """
     lanes = 1 if rng.random() < 0.7 else 2
     median = float(rng.uniform(0.8, 2.5)) if lanes == 2 and rng.random() < 0.5 else 0.0
-    parking = np.where(rng.random(2) < 0.45, rng.uniform(2.0, 2.5, 2), 0.0)
+    parking = np.where(rng.random(2) < 0.35, rng.uniform(2.0, 2.5, 2), 0.0)
     verge = np.where(rng.random(2) < 0.4, rng.uniform(1.0, 3.5, 2), 0.0)
     xs, halves = [], []
     x = x_lo + float(rng.uniform(10.0, 150.0))
@@ -124,7 +124,7 @@ def draw_layout(rng: np.random.Generator, x_lo: float, x_hi: float) -> Layout:
     for _ in range(2):
         e, x = [], x_lo
         while x < x_hi:  # lawn stretches with shorter paved yards and driveways between them
-            x += float(rng.uniform(20.0, 90.0)) if len(e) % 2 == 0 else float(rng.uniform(4.0, 15.0))
+            x += float(rng.uniform(20.0, 90.0)) if len(e) % 2 == 0 else float(rng.uniform(3.0, 8.0))
             e.append(x)
         edges.append(np.asarray(e, dtype=np.float64))
     return Layout(
@@ -137,7 +137,7 @@ def draw_layout(rng: np.random.Generator, x_lo: float, x_hi: float) -> Layout:
         junction_x=np.asarray(xs, dtype=np.float64),
         junction_half=np.asarray(halves, dtype=np.float64),
         paved_edges=(edges[0], edges[1]),
-        median_paved=bool(rng.random() < 0.5),
+        median_paved=bool(rng.random() < 0.3),
     )
 
 

@@ -84,9 +84,9 @@ class _Scenery:
         self.b = Builder()
         # how green this street is: the share of park and wood among its frontages (KITTI's drives
         # pass inner-town blocks, suburbs with front gardens and roads along woods and fields)
-        green = float(rng.uniform(0.1, 0.6))
+        green = float(rng.uniform(0.15, 0.6))
         rest = 1.0 - green
-        self.frontage_mix = [0.6 * rest, 0.3 * rest, green, 0.1 * rest]
+        self.frontage_mix = [0.55 * rest, 0.37 * rest, green, 0.08 * rest]
 
     def put(self, parts: list[Part], x: float, d: float, sem: int, refl: float, z: float = CURB, turn: float = 0.0) -> None:
         X, Y, hd = self.street.place(x, d)
@@ -103,13 +103,13 @@ class _Scenery:
         rng = self.rng
         hl = (x1 - x0) / 2
         u = rng.random()
-        if u < 0.5:
-            h, w = float(rng.uniform(0.8, 2.2)), float(rng.uniform(0.3, 0.7))
+        if u < 0.6:
+            h, w = float(rng.uniform(0.8, 2.5)), float(rng.uniform(0.3, 0.8))
             self.put([box(0.0, 0.0, 0.0, h, hl, w)], (x0 + x1) / 2, d + side * w, VEGETATION, rng.uniform(0.35, 0.55))
-        elif u < 0.8:
+        elif u < 0.88:
             h = float(rng.uniform(0.9, 1.9))
             self.put([box(0.0, 0.0, 0.0, h, hl, 0.03)], (x0 + x1) / 2, d, FENCE, rng.uniform(0.2, 0.5))
-        elif u < 0.9:
+        elif u < 0.96:
             h = float(rng.uniform(0.4, 1.2))
             self.put([box(0.0, 0.0, 0.0, h, hl, 0.12)], (x0 + x1) / 2, d + side * 0.12, FENCE, rng.uniform(0.25, 0.45))
 
@@ -129,12 +129,12 @@ class _Scenery:
         self.boundary(x0 + 0.2, x1 - 0.2, side * (line + 0.1), side)
         if kind == 0:  # house behind a front garden
             garden = float(rng.uniform(2.0, 8.0))
-            hl = min(length / 2 - 1.0, float(rng.uniform(4.0, 10.0)))
+            hl = min(length / 2 - 1.0, float(rng.uniform(5.0, 12.0)))
             depth, height = float(rng.uniform(8.0, 14.0)), float(rng.uniform(6.0, 13.0))
             if hl > 2.0:
                 self.put([box(0.0, 0.0, 0.0, height, hl, depth / 2)], xc, side * (line + garden + depth / 2), BUILDING, rng.uniform(0.15, 0.45))
             for xb in _walk(rng, x0 + 1.0, x1 - 1.0, (1.2, 4.0)):  # garden bushes and shrubs
-                self.put(bush(rng), xb, side * (line + float(rng.uniform(0.8, max(1.0, garden - 0.8)))), VEGETATION, rng.uniform(0.35, 0.55))
+                self.put(bush(rng, (0.5, 1.8)), xb, side * (line + float(rng.uniform(0.8, max(1.0, garden - 0.8)))), VEGETATION, rng.uniform(0.35, 0.55))
             if rng.random() < 0.7:
                 self.tree(xc + float(rng.uniform(-hl, hl)), side * (line + garden * 0.5))
             for _ in range(int(rng.integers(0, 4))):  # garden clutter nobody labelled: sheds, play things, tarpaulins
@@ -144,6 +144,8 @@ class _Scenery:
                 for k in range(int(rng.integers(1, 4))):
                     self.put([box(0.0, 0.0, 0.0, 1.05, 0.3, 0.35)], x0 + 1.0 + 0.7 * k, side * (line - 0.45), OTHER_OBJECT, rng.uniform(0.1, 0.5))
         elif kind == 2:  # park / wood: trees and undergrowth, no building
+            for xb in _walk(rng, x0, x1, (0.8, 2.5)):  # undergrowth along the edge
+                self.put(bush(rng, (0.6, 1.6)), xb, side * (line + float(rng.uniform(0.6, 2.0))), VEGETATION, rng.uniform(0.35, 0.55))
             for xt in _walk(rng, x0, x1, (3.0, 7.0)):
                 self.tree(xt, side * (line + float(rng.uniform(2.0, 14.0))))
             for xb in _walk(rng, x0, x1, (1.0, 3.0)):
@@ -191,7 +193,7 @@ class _Scenery:
         for xt in _walk(rng, x_lo, x_hi, (6.0, 13.0)):
             if not lay.in_junction(np.array([xt]), pad=2.0)[0]:
                 self.tree(xt, d)
-                if lay.verge[s] > 1.5 and rng.random() < 0.4:
+                if lay.verge[s] > 1.0 and rng.random() < 0.6:
                     self.put(bush(rng, (0.3, 0.7)), xt + float(rng.uniform(2.0, 4.0)), d, VEGETATION, rng.uniform(0.35, 0.55))
 
 

@@ -186,7 +186,7 @@ def other_vehicle(rng: Rng) -> Shape:
     `other-vehicle`; buses and trams carry their own raw ids, 13 and 16, mapped to it).
     Minibus 5.5-7.5 x 2.0-2.2 x 2.4-2.9 m, bus 10-18 x 2.5 x 3.0-3.4, tram 20-30 x 2.3-2.65 x
     3.3-3.6, caravan 5-8 x 2.2-2.5 x 2.5-3.0 (with drawbar), trailer 3-8 x 1.6-2.5."""
-    sub = pick(rng, {"minibus": 0.15, "bus": 0.2, "caravan": 0.25, "trailer": 0.2, "tractor": 0.12, "tram": 0.08})
+    sub = pick(rng, {"minibus": 0.08, "bus": 0.1, "caravan": 0.3, "trailer": 0.3, "tractor": 0.2, "tram": 0.02})
     if sub in ("minibus", "bus", "tram"):
         if sub == "minibus":
             L, W, H = float(rng.uniform(5.5, 7.5)), float(rng.uniform(2.0, 2.2)), float(rng.uniform(2.4, 2.9))

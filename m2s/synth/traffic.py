@@ -32,8 +32,8 @@ HARD = (TRUCK, OTHER_VEHICLE, MOTORCYCLE, BICYCLE, PERSON, BICYCLIST, MOTORCYCLI
 # class weights of parked and moving vehicles (cars dominate German traffic: about 88 % of the
 # registered fleet and of urban traffic; trucks, vans with a separate cargo body, buses, caravans,
 # trailers and tractors share the rest; motorcycles are rare in traffic)
-PARKED_MIX = {CAR: 0.9, TRUCK: 0.035, OTHER_VEHICLE: 0.045, MOTORCYCLE: 0.02}
-MOVING_MIX = {CAR: 0.87, TRUCK: 0.05, OTHER_VEHICLE: 0.05, MOTORCYCLIST: 0.008}
+PARKED_MIX = {CAR: 0.91, TRUCK: 0.03, OTHER_VEHICLE: 0.04, MOTORCYCLE: 0.02}
+MOVING_MIX = {CAR: 0.8985, TRUCK: 0.06, OTHER_VEHICLE: 0.04, MOTORCYCLIST: 0.0015}
 
 _REFLECTANCE = {
     CAR: (0.05, 0.6),
@@ -186,11 +186,11 @@ class _Placer:
             side = -sign
             reach = 7.0 * (duration / 2 + 1.0)
             span = x_hi - x_lo + 2 * reach
-            for _ in range(self.rate(0.05, span)):  # at the road edge, in the bike lane
+            for _ in range(self.rate(0.035, span)):  # at the road edge, in the bike lane
                 shape = draw_shape(BICYCLIST, rng)
                 d = side * float(lay.road_half - float(rng.uniform(0.5, 0.9)))
                 self.move(shape, x_lo - reach + float(rng.uniform(0.0, span)), d, 0.0, sign * float(rng.uniform(3.5, 7.0)))
-            for _ in range(self.rate(0.01, span)):  # on the sidewalk, slower, either direction
+            for _ in range(self.rate(0.02, span)):  # on the sidewalk or a bike path beside it, either direction
                 shape = draw_shape(BICYCLIST, rng)
                 d = side * float(lay.sidewalk_in[s] + lay.sidewalk[s] * float(rng.uniform(0.3, 0.7)))
                 self.move(shape, x_lo - reach + float(rng.uniform(0.0, span)), d, CURB, float(rng.choice([-1.0, 1.0])) * float(rng.uniform(2.0, 4.0)))
@@ -198,7 +198,7 @@ class _Placer:
                 shape = draw_shape(BICYCLIST, rng)
                 d = side * float(lay.sidewalk_in[s] + lay.sidewalk[s] * float(rng.uniform(0.2, 0.8)))
                 self.park(shape, float(rng.uniform(x_lo, x_hi)), d, CURB, float(rng.uniform(-0.3, 0.3)) + (np.pi if side > 0 else 0.0))
-            for _ in range(self.rate(0.025, x_hi - x_lo)):  # a motorcyclist beside or on a parked bike
+            for _ in range(self.rate(0.006, x_hi - x_lo)):  # a motorcyclist beside or on a parked bike
                 shape = draw_shape(MOTORCYCLIST, rng)
                 d = side * float(lay.road_half + max(float(lay.parking[s]) / 2, 0.0) - 0.5)
                 self.park(shape, float(rng.uniform(x_lo, x_hi)), d, 0.0, float(rng.uniform(-0.3, 0.3)))
@@ -247,7 +247,7 @@ class _Placer:
         lay, rng = self.layout, self.rng
         for s, side in ((0, -1.0), (1, 1.0)):
             kerb = float(lay.sidewalk_in[s])
-            for _ in range(self.rate(0.6, x_hi - x_lo)):  # bicycles, single or in a rack
+            for _ in range(self.rate(0.35, x_hi - x_lo)):  # bicycles, single or in a rack
                 x = float(rng.uniform(x_lo, x_hi))
                 at_kerb = rng.random() < 0.6
                 d = side * (kerb + 0.9 if at_kerb else float(lay.property_in[s]) - 0.9)

@@ -880,7 +880,10 @@ def run_part(args: argparse.Namespace) -> int:
 
 # ---- wheels ----------------------------------------------------------------------------------------
 def install_wheels(folder: Path, logfile: Any, dry_run: bool = False) -> dict[str, Any]:
-    """pip install FOLDER/requirements.txt from FOLDER alone (no index); `*.whl.xz` decompressed first."""
+    """pip install FOLDER/requirements.txt from FOLDER alone (no index), into this interpreter's
+    environment, resolved against what is installed there; `*.whl.xz` are decompressed first.
+    Should that resolution fail (an image whose packages conflict), every wheel of FOLDER goes
+    into a private folder with --no-deps instead, returned as "site" for PYTHONPATH."""
     t0 = time.perf_counter()
     folder = folder.resolve()
     req = folder / "requirements.txt"
@@ -890,17 +893,30 @@ def install_wheels(folder: Path, logfile: Any, dry_run: bool = False) -> dict[st
     for xz in sorted(folder.glob("*.whl.xz")):
         with lzma.open(xz) as src, open(unpacked / xz.name[: -len(".xz")], "wb") as dst:
             shutil.copyfileobj(src, dst, 2**24)
-    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(folder), "--find-links", str(unpacked),
-           "--no-cache-dir", "--no-compile", "--disable-pip-version-check", "-r", str(req)]
-    if dry_run:
-        cmd.append("--dry-run")
+    pip = [sys.executable, "-m", "pip", "install", "--no-index", "--no-cache-dir", "--no-compile", "--disable-pip-version-check"]
+    cmd = pip + ["--find-links", str(folder), "--find-links", str(unpacked), "-r", str(req)] + (["--dry-run"] if dry_run else [])
     print("$ " + " ".join(cmd), file=logfile, flush=True)
     proc = subprocess.run(cmd, stdout=logfile, stderr=subprocess.STDOUT, timeout=300)
-    shutil.rmtree(unpacked, ignore_errors=True)
     wheels = sorted(p.name for p in folder.iterdir() if p.name.endswith((".whl", ".whl.xz")))
-    status = "ok" if proc.returncode == 0 else f"failed: pip exited {proc.returncode} (see env.log)"
-    return {"status": status, "folder": str(folder), "wheels": wheels, "seconds": time.perf_counter() - t0,
-            "requirements": [ln for ln in req.read_text().splitlines() if ln and not ln.startswith("#")]}
+    res: dict[str, Any] = {"folder": str(folder), "wheels": wheels,
+                           "requirements": [ln for ln in req.read_text().splitlines() if ln and not ln.startswith("#")]}
+    if proc.returncode == 0:
+        res["status"] = "ok"
+    elif dry_run:
+        res["status"] = f"failed: pip exited {proc.returncode} (see env.log)"
+    else:
+        site = Path(tempfile.mkdtemp(prefix="gpu_check_site_"))
+        files = [str(p) for p in sorted([*folder.glob("*.whl"), *unpacked.glob("*.whl")])]
+        cmd = pip + ["--no-deps", "--target", str(site), *files]
+        print("$ " + " ".join(cmd), file=logfile, flush=True)
+        again = subprocess.run(cmd, stdout=logfile, stderr=subprocess.STDOUT, timeout=300)
+        if again.returncode == 0:
+            res.update(status=f"ok with --no-deps --target {site} (the resolved install failed: see env.log)", site=str(site))
+        else:
+            res["status"] = f"failed: pip exited {proc.returncode}, then {again.returncode} with --no-deps (see env.log)"
+    shutil.rmtree(unpacked, ignore_errors=True)
+    res["seconds"] = time.perf_counter() - t0
+    return res
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -1062,8 +1078,9 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> int:
         with open(out / "env.log", "a") as fh:
             report["wheels"] = install_wheels(args.wheels, fh)
         print(f"wheels: {report['wheels']['status']}", flush=True)
+    site = (report["wheels"] or {}).get("site")  # the --no-deps fallback's folder, if it came to that
     env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), site, os.environ.get("PYTHONPATH")])))
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     try:
         for part in parts:

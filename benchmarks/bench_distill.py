@@ -21,7 +21,7 @@ view + student on the single view + losses), backward, gradient clipping, AdamW 
 repeat the configurations run one after another on the same batch (the order rotates), so
 load noise hits all alike; the median over repeats is reported together with the ratio to
 the baseline's median and the share of the step spent in the teacher forward (timed inside
-the step by wrapping ``DistillModule._run_teacher``). Peak RSS is the process high-water mark
+the step by a wrapping :class:`m2s.distill.teachers.Teacher`). Peak RSS is the process high-water mark
 after each configuration's warm-up (configurations warm up in the order given, so the growth
 between rows is what that configuration adds); on CUDA the per-step peak allocated memory is
 reported too.
@@ -39,7 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +49,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2s.artifacts import new_manifest  # noqa: E402
 from m2s.distill.config import DistillConfig  # noqa: E402
+from m2s.distill.correspondence import BatchCorrespondence  # noqa: E402
 from m2s.distill.task import DistillModule, StudentConfig  # noqa: E402
+from m2s.distill.teachers import Teacher, TeacherOutput  # noqa: E402
 from m2s.fuse import FuseConfig, fuse_dataset, open_fused_cache  # noqa: E402
 from m2s.inference import LoadedModel  # noqa: E402
 from m2s.labels import load_label_manifest  # noqa: E402
 from m2s.models import ModelConfig, build_model  # noqa: E402
 from m2s.synth import SynthConfig, generate_dataset  # noqa: E402
 from m2s.train.config import VoxelConfig  # noqa: E402
-from m2s.train.dataset import Batch, ScanDataset, collate_views  # noqa: E402
+from m2s.train.dataset import Batch, ScanDataset, ViewBatch, collate_views  # noqa: E402
 from m2s.train.losses import SegmentationLoss  # noqa: E402
 from m2s.train.run import SupervisedModule  # noqa: E402
 
@@ -117,6 +119,31 @@ def make_batches(args: argparse.Namespace, work: Path, voxel: VoxelConfig) -> tu
 
 
 # ---- modules -----------------------------------------------------------------------------
+class TimedTeacher(Teacher):
+    """A `Teacher` that times the one it wraps: the teacher forward inside the real step."""
+
+    def __init__(self, inner: Teacher, runner: "Runner") -> None:
+        self.inner = inner
+        self.runner = runner
+
+    def channels(self) -> dict[str, int]:
+        return self.inner.channels()
+
+    def __call__(self, batch: Batch, features: Sequence[str]) -> TeacherOutput:
+        _sync(self.runner.device)
+        t = time.perf_counter()
+        out = self.inner(batch, features)
+        _sync(self.runner.device)
+        self.runner._teacher_t += time.perf_counter() - t
+        return out
+
+    def own_losses(self, out: TeacherOutput, corr: BatchCorrespondence, single: ViewBatch) -> dict[str, torch.Tensor]:
+        return self.inner.own_losses(out, corr, single)
+
+    def train_mode(self, mode: bool) -> None:
+        self.inner.train_mode(mode)
+
+
 class Runner:
     """One configuration: its module, optimiser and the per-step measurements."""
 
@@ -134,18 +161,7 @@ class Runner:
         self.cuda_peak_mib: list[float] = []
         self._teacher_t = 0.0
         if isinstance(module, DistillModule) and module.teacher is not None:
-            inner: Callable[[Batch], Any] = module._run_teacher
-
-            def timed(batch: Batch) -> Any:
-                # Instance-level wrapper: measures the teacher forward inside the real step.
-                _sync(device)
-                t = time.perf_counter()
-                out = inner(batch)
-                _sync(device)
-                self._teacher_t += time.perf_counter() - t
-                return out
-
-            module._run_teacher = timed  # type: ignore[method-assign]
+            module.teacher = TimedTeacher(module.teacher, self)
 
     def step(self, batch: Batch, record: bool) -> float:
         """One engine-equivalent optimiser step; returns the loss."""

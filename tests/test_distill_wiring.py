@@ -343,3 +343,37 @@ def test_graph_adapter_uses_the_centre_feature() -> None:
     ref = torch.stack([_edgeconv_reference(kd.student_adapter, x.double(), i, [i]) for i in (0, 1)]).float()
     assert torch.allclose(out, ref, atol=1e-6)
     assert not torch.allclose(out[0], out[1])
+
+
+# ---- who teaches: every mode/teacher rule in one validator ---------------------------------------
+def test_teacher_choice_holds_every_mode_and_teacher_rule(tmp_path) -> None:
+    from m2s.distill.config import KdChoice, TeacherChoice
+    from m2s.errors import ConfigError
+
+    art = tmp_path / "teacher"
+    frozen, joint, off = DistillConfig(), DistillConfig(mode="joint"), DistillConfig.baseline()
+    assert TeacherChoice.parse(frozen, art).teacher_artifact == art
+    assert TeacherChoice.parse(joint, None).teacher_artifact is None
+    assert TeacherChoice.parse(off, None).config.is_baseline
+    # --kd none: the baseline, whatever the config says; a given teacher is not used
+    none = TeacherChoice.parse(joint, art, KdChoice.none)
+    assert none.config == DistillConfig.baseline() and none.teacher_artifact is None
+    with pytest.raises(ConfigError, match="needs --teacher"):
+        TeacherChoice.parse(frozen, None)
+    with pytest.raises(ConfigError, match="joint mode .* drop --teacher"):
+        TeacherChoice.parse(joint, art)
+    with pytest.raises(ConfigError, match="use --kd none"):
+        TeacherChoice.parse(off, art)
+    with pytest.raises(ConfigError, match="--kd"):
+        TeacherChoice.parse(frozen, art, "sometimes")
+
+
+def test_the_teacher_is_picked_once_from_the_config(tiny_data) -> None:
+    from m2s.distill.teachers import FrozenTeacher, JointTeacher
+
+    ch = _channels(tiny_data)
+    student = CoordNet(LABELS.num_classes, ch)
+    assert _module(tiny_data, student, None, logit_weight=0.0).teacher is None
+    assert isinstance(_module(tiny_data, student, None, mode="joint").teacher, JointTeacher)
+    frozen = _module(tiny_data, student, CoordNet(LABELS.num_classes, ch), logit_weight=1.0).teacher
+    assert isinstance(frozen, FrozenTeacher) and not frozen.net.training

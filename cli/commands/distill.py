@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
 
 from cli.common import handle_errors, out
 from cli.training_view import iou_table, training_progress
-from m2s.errors import ConfigError
+from m2s.distill.config import KdChoice, TeacherChoice
+
+
+class DistillModeOption(str, Enum):
+    frozen = "frozen"
+    joint = "joint"
 
 
 @handle_errors
@@ -18,8 +24,8 @@ def distill(
     val_cache: list[Path] = typer.Option([], "--val-cache", help="Fused cache(s) of the validation sequences."),
     out_dir: Path = typer.Option(..., "--out", help="Output folder (a `model` artifact)."),
     config: Path | None = typer.Option(None, "--config", help="Student config YAML (training + `distill:` section)."),
-    kd: str = typer.Option("config", "--kd", help="'config': distillation terms from the config; 'none': baseline student."),
-    mode: str | None = typer.Option(
+    kd: KdChoice = typer.Option(KdChoice.config, "--kd", help="'config': distillation terms from the config; 'none': baseline student."),
+    mode: DistillModeOption | None = typer.Option(
         None, "--mode", help="frozen: learn from the --teacher artifact; joint: one shared-weight net on both views "
         "(the official M2SKD scheme, no teacher artifact). Default: the config's distill.mode.",
     ),
@@ -40,28 +46,22 @@ def distill(
     """Train the single-scan student: distilled from a frozen teacher (--teacher), from its own fused-view
     branch (--mode joint), or without distillation (--kd none: the baseline)."""
     from m2s.distill.run import run_distillation
-    from m2s.distill.task import StudentConfig, baseline_distill_config
+    from m2s.distill.task import StudentConfig
     from m2s.labels import load_label_manifest
     from m2s.train.config import build_config
 
-    if kd not in ("config", "none"):
-        raise typer.BadParameter("--kd must be 'config' or 'none'")
-    if mode not in (None, "frozen", "joint"):
-        raise typer.BadParameter("--mode must be 'frozen' or 'joint'")
     cfg = build_config(StudentConfig, config, {
         "epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "backend": backend,
         "device": device, "data.num_workers": workers, "data.max_scans": max_scans, "seed": seed,
-        "distill.mode": mode,
+        "distill.mode": None if mode is None else mode.value,
     })
-    if kd == "none":
-        cfg = cfg.model_copy(update={"distill": baseline_distill_config()})
-    elif cfg.distill.is_baseline and teacher is not None:
-        raise ConfigError("every distillation weight in the config is 0 but --teacher was given; use --kd none")
-    role = "baseline" if cfg.distill.is_baseline else "student"
+    # Which --kd/--mode/--teacher combinations are allowed is TeacherChoice's to say (refused
+    # here, before any progress is shown).
+    role = "baseline" if TeacherChoice.parse(cfg.distill, teacher, kd).config.is_baseline else "student"
     with training_progress(role) as on_event:
         manifest, result = run_distillation(
             cfg, load_label_manifest(labels), caches=cache, val_caches=val_cache, out=out_dir,
-            teacher=teacher, resume=resume, on_event=on_event, tensorboard=tensorboard,
+            teacher=teacher, kd=kd, resume=resume, on_event=on_event, tensorboard=tensorboard,
         )
     if result is None:
         out.print(f"[green]up to date:[/] {out_dir} already holds this {role} ({manifest.content_id})")

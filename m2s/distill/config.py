@@ -20,6 +20,8 @@ a cross-entropy on the voxels whose label fusion changed, weight 0.2).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -125,6 +127,11 @@ class DistillConfig(BaseModel):
         return self
 
     @classmethod
+    def baseline(cls) -> "DistillConfig":
+        """Every distillation term off: plain single-scan training (`--kd none`)."""
+        return cls(logit_weight=0.0, feature_weight=0.0, affinity_weight=0.0, graph_weight=0.0)
+
+    @classmethod
     def parse(cls, data: Mapping[str, Any] | None) -> "DistillConfig":
         """Build from a plain mapping (e.g. a YAML section), turning validation errors into ConfigError."""
         try:
@@ -171,3 +178,60 @@ class DistillConfig(BaseModel):
         """Per-term weights at `epoch`, warm-up applied."""
         s = self.weight_scale(epoch)
         return {name: w * s for name, w in self.term_weights().items()}
+
+
+class KdChoice(str, Enum):
+    """`m2s distill --kd`: the config's distillation terms, or none (the baseline student)."""
+
+    config = "config"
+    none = "none"
+
+
+class TeacherChoice(BaseModel):
+    """Who teaches a student run: its distillation config, `--kd` and the `--teacher` artifact.
+
+    Every rule about which of these go together lives in this validator (and the mode /
+    teacher_view rule in DistillConfig's): the CLI, `run_distillation` and the distillation
+    module check nothing of it again.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    distill: DistillConfig
+    artifact: Path | None = None
+    kd: KdChoice = KdChoice.config
+
+    @model_validator(mode="after")
+    def _rules(self) -> "TeacherChoice":
+        if self.kd == KdChoice.none:
+            return self  # the baseline: a given --teacher is not used
+        d = self.distill
+        if d.is_baseline and self.artifact is not None:
+            raise ValueError("every distillation weight in the config is 0 but --teacher was given; use --kd none")
+        if d.mode == "joint" and self.artifact is not None:
+            raise ValueError("joint mode (distill.mode: joint) trains its own fused-view teacher branch; drop --teacher")
+        if d.needs_teacher_artifact and self.artifact is None:
+            raise ValueError("distillation needs --teacher MODEL (or --mode joint, or --kd none for the baseline student)")
+        return self
+
+    @classmethod
+    def parse(cls, distill: DistillConfig, artifact: Path | None, kd: KdChoice | str = KdChoice.config) -> "TeacherChoice":
+        """Validate, turning a broken rule into a one-line ConfigError."""
+        try:
+            return cls(distill=distill, artifact=artifact, kd=KdChoice(kd))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            msg = str(first["msg"]).removeprefix("Value error, ")
+            raise ConfigError(msg) from None
+        except ValueError as exc:  # an unknown --kd value
+            raise ConfigError(f"--kd must be 'config' or 'none' ({exc})") from None
+
+    @property
+    def config(self) -> DistillConfig:
+        """The distillation config the run trains with (--kd none: every term off)."""
+        return DistillConfig.baseline() if self.kd == KdChoice.none else self.distill
+
+    @property
+    def teacher_artifact(self) -> Path | None:
+        """The artifact to load: only a frozen-teacher student has one."""
+        return self.artifact if self.config.needs_teacher_artifact else None

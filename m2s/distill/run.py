@@ -7,10 +7,12 @@ from pathlib import Path
 import torch
 
 from m2s.artifacts import ArtifactInput, Manifest
+from m2s.distill.config import KdChoice, TeacherChoice
 from m2s.distill.task import DistillModule, StudentConfig, load_teacher
-from m2s.errors import ConfigError
+from m2s.distill.teachers import pick_teacher
 from m2s.fuse import FusedCache
 from m2s.labels import LabelManifest
+from m2s.models import feature_channels
 from m2s.train.engine import EventCallback, TrainResult
 from m2s.train.losses import SegmentationLoss
 from m2s.train.run import RunSpec, check_run_folders, run_training
@@ -24,26 +26,26 @@ def run_distillation(
     val_caches: list[Path],
     out: Path,
     teacher: Path | None,
+    kd: KdChoice | str = KdChoice.config,
     resume: bool = False,
     on_event: EventCallback | None = None,
     tensorboard: Path | None = None,
 ) -> tuple[Manifest, TrainResult | None]:
-    """Train a single-scan student. With every distillation weight at 0 this is the baseline:
-    same data, schedule and seed, no teacher needed (a given teacher is ignored). In joint mode
-    the student is its own teacher on the fused view (no teacher artifact)."""
+    """Train a single-scan student: distilled from the frozen `teacher` artifact, from its own
+    fused-view branch (``distill.mode: joint``), or with `kd` "none" (or every distillation
+    weight at 0) the baseline: same data, schedule and seed, no teacher.
+
+    Which combinations are allowed is :class:`TeacherChoice`'s to say (one ConfigError)."""
+    choice = TeacherChoice.parse(cfg.distill, teacher, kd)
+    cfg = cfg.model_copy(update={"distill": choice.config})
     baseline = cfg.distill.is_baseline
     loaded = None
     extra_inputs: list[ArtifactInput] = []
-    if cfg.distill.mode == "joint" and not baseline and teacher is not None:
-        raise ConfigError("joint mode (distill.mode: joint) trains its own fused-view teacher branch; drop --teacher")
-    if cfg.distill.needs_teacher_artifact:
-        if teacher is None:
-            raise ConfigError(
-                "distillation needs --teacher MODEL (or --mode joint, or --kd none for the baseline student)"
-            )
-        check_run_folders(caches, val_caches, out, teacher)  # kinds first; the teacher's digests next
-        loaded = load_teacher(teacher, cfg, labels)
-        extra_inputs.append(ArtifactInput(kind="model", id=loaded.manifest.content_id, path=str(teacher)))
+    artifact = choice.teacher_artifact
+    if artifact is not None:
+        check_run_folders(caches, val_caches, out, artifact)  # kinds first; the teacher's digests next
+        loaded = load_teacher(artifact, cfg, labels)
+        extra_inputs.append(ArtifactInput(kind="model", id=loaded.manifest.content_id, path=str(artifact)))
     spec = RunSpec(
         role="baseline" if baseline else "student",
         train_view="single",
@@ -60,6 +62,7 @@ def run_distillation(
     )
 
     def make_module(net: torch.nn.Module, loss: SegmentationLoss, _caches: list[FusedCache]) -> torch.nn.Module:
-        return DistillModule(net, loss, cfg, labels, loaded)
+        # The teacher is picked here, once: none (baseline), the frozen artifact, or joint.
+        return DistillModule(net, loss, cfg, labels, pick_teacher(cfg.distill, net, feature_channels(cfg.model), loss, loaded))
 
     return run_training(spec, cfg, labels, make_module, resume=resume, on_event=on_event, tensorboard=tensorboard)

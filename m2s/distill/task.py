@@ -10,9 +10,10 @@ Two modes (``distill.mode``):
   teacher of its single-view branch, and the fused branch also gets a cross-entropy on the
   voxels whose label fusion changed (weight ``fused_ce_weight``, 0.2 as in the official code).
 
-Both views are voxelised on one absolute grid, so each student voxel is found among the
-teacher's voxels by coordinate key at every scale (:class:`BatchCorrespondence`, built once
-per batch), and every term is computed on the student's voxels.
+Who teaches is a :class:`m2s.distill.teachers.Teacher`, chosen once per run. Both views are
+voxelised on one absolute grid, so each student voxel is found among the teacher's voxels by
+coordinate key at every scale (:class:`BatchCorrespondence`, built once per batch), and every
+term is computed on the student's voxels.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from m2s.distill.config import DistillConfig
@@ -36,9 +36,10 @@ from m2s.distill.losses import (
     logit_kd,
     voxel_weights,
 )
+from m2s.distill.teachers import Teacher, pick_teacher, run_net
 from m2s.errors import ConfigError
-from m2s.inference import LoadedModel, load_model_artifact, view_to_sparse
-from m2s.labels import IGNORE_INDEX, LabelManifest
+from m2s.inference import LoadedModel, load_model_artifact
+from m2s.labels import LabelManifest
 from m2s.models import FEATURE_STRIDES, feature_channels
 from m2s.train.config import TrainConfig
 from m2s.train.dataset import Batch, ViewBatch
@@ -53,7 +54,8 @@ class StudentConfig(TrainConfig):
 
 
 def baseline_distill_config() -> DistillConfig:
-    return DistillConfig(logit_weight=0.0, feature_weight=0.0, affinity_weight=0.0, graph_weight=0.0)
+    """Every distillation term off (kept for older callers: DistillConfig.baseline())."""
+    return DistillConfig.baseline()
 
 
 def load_teacher(path: str | Path, cfg: StudentConfig, labels: LabelManifest) -> LoadedModel:
@@ -75,7 +77,12 @@ def load_teacher(path: str | Path, cfg: StudentConfig, labels: LabelManifest) ->
 
 
 class DistillModule(nn.Module):
-    """Student network + adapters; `forward(batch, progress)` returns the total loss and terms."""
+    """Student network + adapters + the run's `Teacher`; `forward(batch, progress)` returns the
+    total loss and its terms.
+
+    `teacher` is a :class:`Teacher`, or (as before the seam) the loaded frozen artifact or None,
+    from which :func:`pick_teacher` builds the one the distillation config asks for.
+    """
 
     def __init__(
         self,
@@ -83,27 +90,22 @@ class DistillModule(nn.Module):
         loss: SegmentationLoss,
         cfg: StudentConfig,
         labels: LabelManifest,
-        teacher: LoadedModel | None,
+        teacher: Teacher | LoadedModel | None,
     ) -> None:
         super().__init__()
         self.net = student
         self.loss = loss
         self.kd = cfg.distill
-        self.joint = self.kd.mode == "joint" and not self.kd.is_baseline
         self.hard_ids = torch.as_tensor(labels.hard_train_ids)
         excluded = set(self.kd.affinity_exclude_classes)
         self.affinity_classes = [c for c in labels.hard_train_ids if c not in excluded]
-        if self.kd.is_baseline or self.joint:
-            if teacher is not None and self.joint:
-                raise ConfigError("joint mode teaches the student with its own fused-view branch; do not pass a teacher")
-            teacher = None
-        elif teacher is None:
-            raise ConfigError("distillation terms are on but no teacher was given (use --kd none for the baseline)")
-        # Not a registered submodule: the teacher is frozen, not saved with the student and not
-        # wrapped by DDP.
-        self._teacher: list[nn.Module] = []
         s_ch = feature_channels(cfg.model)
-        t_ch = feature_channels(teacher.model_cfg) if teacher is not None else s_ch
+        if not isinstance(teacher, Teacher):
+            teacher = pick_teacher(self.kd, student, s_ch, loss, teacher)
+        # A plain object, not a submodule: a frozen teacher is not saved with the student, not
+        # optimised and not wrapped by DDP; the joint teacher is the student's own net.
+        self.teacher: Teacher | None = teacher
+        t_ch = teacher.channels() if teacher is not None else s_ch
         layers = list(self.kd.feature_layers) if self.kd.feature_weight > 0 else []
         self.feature_layers = layers
         self.adapters = build_feature_adapters(layers, s_ch, t_ch) if layers else nn.ModuleDict()
@@ -131,71 +133,26 @@ class DistillModule(nn.Module):
         if self.kd.affinity_weight > 0 and self.kd.affinity_source == "features":
             needed.add(self.kd.affinity_layer)  # type: ignore[arg-type]
         self.needed_features = sorted(needed)
-        if teacher is not None:
-            net = teacher.net.eval()
-            net.requires_grad_(False)
-            self._teacher.append(net)
-
-    @property
-    def teacher(self) -> nn.Module | None:
-        return self._teacher[0] if self._teacher else None
 
     def train(self, mode: bool = True) -> "DistillModule":
         super().train(mode)
         if self.teacher is not None:
-            self.teacher.eval()  # BN running statistics of the teacher stay frozen
+            self.teacher.train_mode(mode)
         return self
-
-    def _run(self, net: nn.Module, view: ViewBatch) -> tuple[torch.Tensor, dict[str, Any]]:
-        x = view_to_sparse(view)
-        if self.needed_features:
-            return net(x, return_features=self.needed_features)
-        return net(x), {}
-
-    def _run_teacher(self, view: ViewBatch) -> tuple[torch.Tensor, dict[str, Any]]:
-        teacher = self.teacher
-        assert teacher is not None
-        first = next(teacher.parameters())
-        if first.device != view.coords.device:
-            teacher.to(view.coords.device)
-        with torch.no_grad():
-            return self._run(teacher, view)
-
-    def _fused_ce(self, f_logits: torch.Tensor, corr: BatchCorrespondence, single: ViewBatch, fused: ViewBatch) -> torch.Tensor:
-        """Class-weighted cross-entropy of the fused branch on the voxels whose label fusion
-        changed: absent from the single view, or with another majority label there."""
-        rows, found = corr.fused_in_single
-        changed = ~found | (single.voxel_labels[rows] != fused.voxel_labels)
-        target = torch.where(changed, fused.voxel_labels, torch.full_like(fused.voxel_labels, IGNORE_INDEX))
-        if not bool((target != IGNORE_INDEX).any()):
-            return f_logits.sum() * 0.0
-        weight = self.loss.class_weights if self.loss.class_weights.numel() else None
-        return F.cross_entropy(f_logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX)
 
     def forward(self, batch: Batch, progress: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         single = batch.views["single"]
-        s_logits, s_feats = self._run(self.net, single)
+        s_logits, s_feats = run_net(self.net, single, self.needed_features)
         task_total, terms = task_loss(self.loss, s_logits, single)
-        if self.kd.is_baseline:
+        if self.teacher is None:  # the baseline
             return task_total, terms
-        # the teacher's view: the fused one (joint mode's is always fused), or the single one for
-        # the frozen control
-        t_view = batch.views[self.kd.teacher_view]
-        extra: dict[str, torch.Tensor] = {}
-        if self.joint:
-            # Same weights, train mode, with gradients: the fused branch learns from its own CE;
-            # it teaches the single branch only through detached outputs.
-            f_logits, f_feats = self._run(self.net, t_view)
-            t_logits_all = f_logits.detach()
-            t_feats = {k: v.replace(v.feats.detach()) for k, v in f_feats.items()}
-        else:
-            t_logits_all, t_feats = self._run_teacher(t_view)
+        taught = self.teacher(batch, self.needed_features)
         corr = BatchCorrespondence(
-            single.coords, t_view.coords, {k: v.coords for k, v in s_feats.items()}, {k: v.coords for k, v in t_feats.items()}
-        )
-        if self.joint and self.kd.fused_ce_weight > 0:
-            extra["ce_fused"] = self.kd.fused_ce_weight * self._fused_ce(f_logits, corr, single, t_view)
-        extra |= self._kd_terms(single, t_view, s_logits, s_feats, t_logits_all, t_feats, corr, progress)
+            single.coords, taught.view.coords,
+            {k: v.coords for k, v in s_feats.items()}, {k: v.coords for k, v in taught.features.items()},
+        )  # fmt: skip
+        extra = self.teacher.own_losses(taught, corr, single)
+        extra |= self._kd_terms(single, taught.view, s_logits, s_feats, taught.logits, taught.features, corr, progress)
         total = task_total + sum(extra.values(), torch.zeros((), device=task_total.device))
         return total, terms | {k: v.detach() for k, v in extra.items()}
 

@@ -33,7 +33,7 @@ def _rot_z(deg: float, t: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.nd
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("truth") / "ds"
-    cfg = SynthConfig(sequences=["00"], test_sequences=["11"], scans=SCANS, beams=32, columns=512, seed=5)
+    cfg = SynthConfig(sequences=["00"], test_sequences=["11"], scans=SCANS, beams=32, columns=512, seed=5, hard_rate=20.0)
     generate_dataset(root, cfg)
     return root
 
@@ -96,7 +96,9 @@ def test_pose_alignment_of_static_instances_matches_the_truth(synth: Path) -> No
     err, moving, _ = _fused_errors(synth, "pose")
     assert (~moving).sum() > 1000 and moving.sum() > 1000
     assert err[~moving].max() < 2e-3  # float32 coordinates and printed poses
-    assert np.median(err[moving]) > 0.3
+    # generator 3's movers include walkers (about 1.3 m/s) beside cars: most moving points land
+    # well off, the fast ones by metres
+    assert np.median(err[moving]) > 0.15 and np.percentile(err[moving], 90) > 0.5
 
 
 # ---- the error function -----------------------------------------------------------------------------

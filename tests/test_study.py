@@ -156,9 +156,9 @@ def test_every_study_size_generates_disjoint_train_and_validation_sequences(monk
         assert train | val <= generated, name
         for cfg in (size["teacher"], size["student"]):
             assert (ROOT / cfg).is_file(), (name, cfg)
-    # the wide size: the cpu size's 90 training scans per epoch, 4x its validation sequences
+    # the wide size: the cpu size's 90 training scans per epoch, twice its validation sequences
     cpu, wide = study.SIZES["cpu"], study.SIZES["wide"]
-    assert len(parse_sequence_list(wide["val"])) == 4 * len(parse_sequence_list(cpu["val"]))
+    assert len(parse_sequence_list(wide["val"])) == 2 * len(parse_sequence_list(cpu["val"]))
     train_scans = {n: int(synth_option(s, "--scans")) * len(parse_sequence_list(s["train"])) for n, s in (("cpu", cpu), ("wide", wide))}
     assert train_scans["wide"] == train_scans["cpu"] == 90
     assert wide["epochs"] == 12

@@ -343,10 +343,14 @@ def _junit(path: Path) -> dict[str, Any]:
 
 
 def part_pytest(ctx: PartContext) -> None:
-    junit = Path(tempfile.mkdtemp(prefix="gpu_check_pytest_")) / "junit.xml"
+    with tempfile.TemporaryDirectory(prefix="gpu_check_pytest_") as scratch:
+        _run_pytest(ctx, Path(scratch) / "junit.xml")
+
+
+def _run_pytest(ctx: PartContext, junit: Path) -> None:
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider",
            f"--junitxml={junit}", "tests"]
-    ctx.rec.update(command=" ".join(cmd[1:3] + cmd[3:-2] + ["tests"]))
+    ctx.rec.update(command="pytest -m gpu -q -rfEs -p no:cacheprovider tests", stage="pytest running")
     log(" ".join(cmd))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     try:
@@ -417,6 +421,7 @@ def part_parity(ctx: PartContext) -> None:
             ctx.rec.update(status=f"stopped at budget before {name}")
             return
         log(f"parity {name}: cpu vs {other}, {x.coords.shape[0]} voxels")
+        ctx.rec.update(stage=f"{name}: cpu vs {other}")
         t0 = time.perf_counter()
         try:
             l_cpu, g_cpu, loss_cpu = _minkunet_step(name, state, cfg, x, labels, "cpu")
@@ -642,6 +647,7 @@ def part_backbone(ctx: PartContext) -> None:
         if ctx.deadline.expired():
             break
         log(f"backbone {b} MinkUNet{size} {dtype} on {device}")
+        ctx.rec.update(stage=f"{b} MinkUNet{size} {dtype}")
         try:
             if b == "spconv-native":
                 row = _bench_native(size, dtype, x, labels, ctx, device)
@@ -793,6 +799,7 @@ def part_train(ctx: PartContext) -> None:
     device = "cuda" if ctx.cuda else "cpu"
     labels = load_label_manifest()
     work = Path(tempfile.mkdtemp(prefix="gpu_check_train_"))
+    ctx.rec.update(stage="generating and fusing the data")
     try:
         workers = os.cpu_count() or 1
         t0 = time.perf_counter()
@@ -803,7 +810,7 @@ def part_train(ctx: PartContext) -> None:
         fuse_dataset(work / "data", work / "fused", ["00"], FuseConfig(), labels, workers=workers)
         t2 = time.perf_counter()
         cache = open_fused_cache(work / "fused")
-        ctx.rec.update(data={"scans": len(cache), "beams": sizes.beams, "columns": sizes.columns,
+        ctx.rec.update(stage="training the teacher (warm-up steps first)", data={"scans": len(cache), "beams": sizes.beams, "columns": sizes.columns,
                              "generate_s": t1 - t0, "fuse_s": t2 - t1})
         log(f"data: {len(cache)} scans of {sizes.beams}x{sizes.columns} generated in {t1 - t0:.1f} s, fused in {t2 - t1:.1f} s")
 
@@ -841,6 +848,7 @@ def part_train(ctx: PartContext) -> None:
         s_module = DistillModule(student, SegmentationLoss(s_cfg.loss, None), s_cfg, labels, teacher)
         s_ds = ScanDataset([cache], labels, s_cfg.voxel, s_cfg.distill.views, augment=s_cfg.augment, seed=s_cfg.seed)
         log(f"student: training for {seconds(1):.0f} s")
+        ctx.rec.update(stage="training the student (warm-up steps first)")
         row = _train_run("student", s_cfg, s_module, s_ds, work / "student", seconds(1), ctx, "single")
         ctx.rec.append("results", row)
         log(json.dumps(row))
@@ -964,7 +972,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- wheels from `{w.get('folder', '-')}`: {w['status']} ({_f(w.get('seconds'), '.0f')} s)")
     lines += ["", "## Parts", ""]
     lines += _table(["part", "status", "seconds / budget", "log"], [
-        [name, p.get("status", "-"), f"{_f(p.get('elapsed_s'), '.0f')} / {p.get('budget_s', '-')}", f"`{p.get('log', '-')}`"]
+        [name, p.get("status", "-"), f"{_f(p.get('elapsed_s'), '.0f')} / {_f(p.get('budget_s'), '.0f')}", f"`{p.get('log', '-')}`"]
         for name, p in parts.items()
     ])
     if "env" in parts:
@@ -1082,6 +1090,7 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), site, os.environ.get("PYTHONPATH")])))
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    env["TMPDIR"] = str(tmp)  # the parts' scratch (data, pytest's): removed below, even after a kill
     try:
         for part in parts:
             budget = budgets[part]
@@ -1104,7 +1113,8 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> int:
                     proc.wait()
             data: dict[str, Any] = json.loads(result.read_text()) if result.is_file() else {}
             if killed:
-                data["status"] = f"killed at budget ({budget:.0f} s + {GRACE_S} s grace; was: {data.get('status', 'not started')})"
+                was = data.get("stage") or data.get("status", "not started")
+                data["status"] = f"killed at budget ({budget:.0f} s + {GRACE_S} s grace; it was at: {was})"
             elif "status" not in data or data["status"] == "running":
                 data["status"] = f"failed: the part exited {proc.returncode} (see {logname})"
             data.update(elapsed_s=time.perf_counter() - t0, budget_s=budget, log=logname, returncode=proc.returncode)

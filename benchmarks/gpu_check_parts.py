@@ -545,7 +545,7 @@ def part_backbone(ctx: PartContext) -> None:
     )
     # Most wanted first, so a budget cut drops MinkUNet34 before MinkUNet18. spconv's own network
     # (spconv-native) in fp32, and in fp16, its own mixed precision (its ops cast to fp16 under autocast).
-    native = ["spconv-native"] if "spconv" in present else []
+    native = ["spconv-native"] if "spconv" in (ok if ctx.cuda else present) else []
     plan = [(size, dtype, b) for size in sizes.model_sizes for dtype in ("fp32", "bf16") for b in names + native
             if not (b == "spconv-native" and dtype == "bf16")]
     plan += [(size, "fp16", "spconv-native") for size in sizes.model_sizes if native and ctx.cuda]

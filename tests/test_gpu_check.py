@@ -19,6 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ["env", "pytest", "parity", "backbone", "train"]
+#: The whole quick CPU run (every part, in subprocesses) takes ~30 s on two cores; `make test` runs it.
+slow = pytest.mark.slow
 
 
 def _gpu_check() -> ModuleType:
@@ -46,6 +48,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str
     return out, report, (out / "gpu-check.md").read_text(), proc
 
 
+@slow
 def test_quick_cpu_run_writes_at_most_eight_files(quick_run) -> None:  # type: ignore[no-untyped-def]
     out, report, md, _ = quick_run
     files = sorted(p.name for p in out.iterdir())
@@ -56,6 +59,7 @@ def test_quick_cpu_run_writes_at_most_eight_files(quick_run) -> None:  # type: i
     assert report["quick"] is True and report["cuda"] is False
 
 
+@slow
 def test_every_part_runs_and_says_what_needs_cuda(quick_run) -> None:  # type: ignore[no-untyped-def]
     _, report, md, _ = quick_run
     parts = report["parts"]
@@ -68,6 +72,7 @@ def test_every_part_runs_and_says_what_needs_cuda(quick_run) -> None:  # type: i
     assert "GPU figures are not measured" in md
 
 
+@slow
 def test_environment_part(quick_run) -> None:  # type: ignore[no-untyped-def]
     _, report, _, _ = quick_run
     env = report["parts"]["env"]
@@ -77,6 +82,7 @@ def test_environment_part(quick_run) -> None:  # type: ignore[no-untyped-def]
     assert env["auto"] == "torch"  # no GPU: the pure-PyTorch backend
 
 
+@slow
 def test_pytest_part_collects_the_cuda_tests(quick_run) -> None:  # type: ignore[no-untyped-def]
     _, report, _, _ = quick_run
     p = report["parts"]["pytest"]
@@ -87,6 +93,7 @@ def test_pytest_part_collects_the_cuda_tests(quick_run) -> None:  # type: ignore
     assert {t["message"] for t in p["tests"]} == {"needs CUDA"}
 
 
+@slow
 def test_parity_part_dry_run_numbers(quick_run) -> None:  # type: ignore[no-untyped-def]
     _, report, md, _ = quick_run
     p = report["parts"]["parity"]
@@ -100,6 +107,7 @@ def test_parity_part_dry_run_numbers(quick_run) -> None:  # type: ignore[no-unty
     assert "CPU ↔ CUDA parity" in md
 
 
+@slow
 def test_backbone_part_numbers(quick_run) -> None:  # type: ignore[no-untyped-def]
     _, report, md, _ = quick_run
     p = report["parts"]["backbone"]
@@ -119,6 +127,7 @@ def test_backbone_part_numbers(quick_run) -> None:  # type: ignore[no-untyped-de
     assert "| MinkUNet18 | torch | fp32 |" in md
 
 
+@slow
 def test_train_part_numbers(quick_run) -> None:  # type: ignore[no-untyped-def]
     _, report, md, _ = quick_run
     p = report["parts"]["train"]

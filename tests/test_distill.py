@@ -99,7 +99,7 @@ def test_distilled_student_runs_end_to_end_and_exports_only_the_student(tiny_dat
         assert term in steps[-1], term
     # adapters and graph heads are dropped from the exported student
     state = load_state_dict_file(out / "weights" / "best.safetensors")
-    assert not any(k.startswith(("adapters", "graph", "net.")) for k in state)
+    assert not any(k.startswith(("terms", "adapters", "graph", "net.")) for k in state)
     loaded = load_model_artifact(out, backend="torch")
     assert loaded.model_cfg.width == 0.125
 
@@ -167,9 +167,9 @@ def test_distill_module_terms_and_teacher_stays_frozen(tiny_data, teacher):
     assert all(p.grad is None for p in loaded.net.parameters())
     assert all(torch.equal(before[k], v) for k, v in loaded.net.state_dict().items())  # BN stats frozen
     # The frozen teacher is not part of the student module: not saved, not optimised.
-    assert {k.split(".")[0] for k in module.state_dict()} <= {"net", "loss", "adapters", "graph"}
+    assert {k.split(".")[0] for k in module.state_dict()} <= {"net", "loss", "terms"}
     assert not {id(p) for p in loaded.net.parameters()} & {id(p) for p in module.parameters()}
-    assert any(p.grad is not None for p in module.adapters.parameters())
+    assert any(p.grad is not None for p in module.terms["feature"].parameters())
 
 
 JOINT = {"mode": "joint", "logit_weight": 5.0, "affinity_weight": 1.0, "fused_ce_weight": 0.2}

@@ -481,8 +481,8 @@ def test_graph_config_errors() -> None:
 # ---- config ----------------------------------------------------------------------------------
 def test_config_defaults_and_validation() -> None:
     cfg = DistillConfig()
-    assert cfg.logit_weight == 5.0 and cfg.affinity_weight == 0.0  # official affinity weight 1: off, measured
-    assert cfg.affinity_exclude_classes == [1]
+    assert cfg.logit.weight == 5.0 and cfg.affinity.weight == 0.0  # official affinity weight 1: off, measured
+    assert cfg.affinity.exclude_classes == [1]
     assert not cfg.is_baseline
     assert DistillConfig(logit_weight=0, affinity_weight=0).is_baseline
     for bad in ({"logit_weight": -1}, {"graph_weight": -0.1}, {"temperature": 0}, {"graph_k": 129},
@@ -494,8 +494,26 @@ def test_config_defaults_and_validation() -> None:
         with pytest.raises(ConfigError):
             DistillConfig.parse(bad)
     feats = DistillConfig.parse({"affinity_source": "features", "affinity_layer": "up4"})
-    assert feats.affinity_layer == "up4"
+    assert feats.affinity.layer == "up4"
     assert DistillConfig.parse(None) == cfg
+
+
+def test_nested_term_configs_and_the_flat_keys_they_replace() -> None:
+    nested = DistillConfig.parse({"logit": {"weight": 2.0, "temperature": 2.0}, "affinity": {"weight": 1.0, "grouping": "instance"},
+                                  "graph": {"weight": 0.5, "k": 8}})
+    flat = DistillConfig.parse({"logit_weight": 2.0, "temperature": 2.0, "affinity_weight": 1.0, "affinity_grouping": "instance",
+                                "graph_weight": 0.5, "graph_k": 8})
+    assert nested == flat and nested.graph.k == 8 and nested.logit.temperature == 2.0
+    # Both forms at once load when they agree and are refused, naming the new key, when not.
+    assert DistillConfig.parse({"logit_weight": 2.0, "logit": {"weight": 2.0}}).logit.weight == 2.0
+    with pytest.raises(ConfigError, match="logit.weight"):
+        DistillConfig.parse({"logit_weight": 1.0, "logit": {"weight": 2.0}})
+    with pytest.raises(ConfigError, match="extra"):
+        DistillConfig.parse({"logit": {"wieght": 2.0}})
+    # Recorded in the flat form, so manifests and content ids of earlier runs stay the same.
+    record = nested.model_dump(mode="json")
+    assert record["logit_weight"] == 2.0 and record["graph_k"] == 8 and "logit" not in record
+    assert DistillConfig.model_validate(record) == nested
 
 
 def test_config_warmup_schedule() -> None:

@@ -179,7 +179,7 @@ def test_teacher_correct_distils_only_voxels_whose_teacher_argmax_is_the_label(t
     correct = t_logits.argmax(dim=1) == single.voxel_labels
     assert correct.any() and not correct.all()
     w = torch.where(torch.isin(single.voxel_labels, torch.as_tensor(LABELS.hard_train_ids)), 3.0, 1.0)
-    expected = 2.0 * logit_kd(s_logits, t_logits, DistillConfig().temperature, w * correct, None, "official")
+    expected = 2.0 * logit_kd(s_logits, t_logits, DistillConfig().logit.temperature, w * correct, None, "official")
     assert float(masked["kd_logit"]) == pytest.approx(float(expected), rel=1e-6)
     assert float(masked["kd_logit"]) != pytest.approx(float(everywhere["kd_logit"]), rel=1e-3)
 
@@ -202,7 +202,7 @@ def test_single_view_teacher_sees_only_the_students_scan(tiny_data, batch: Batch
     with torch.no_grad():
         s_logits = student(SparseTensor(single.coords, single.feats))
         t_logits = teacher(SparseTensor(single.coords, single.feats))
-    expected = 2.0 * logit_kd(s_logits, t_logits, DistillConfig().temperature, torch.ones(len(s_logits)), None, "official")
+    expected = 2.0 * logit_kd(s_logits, t_logits, DistillConfig().logit.temperature, torch.ones(len(s_logits)), None, "official")
     assert float(terms["kd_logit"]) == pytest.approx(float(expected), rel=1e-6)
     seen.clear()  # the default view: the same teacher gets the fused voxels
     _module(tiny_data, student, teacher, logit_weight=2.0)(batch, 1.0)
@@ -239,7 +239,7 @@ def test_terms_equal_the_loss_functions_on_hand_matched_rows(tiny_data, batch: B
     module = _module(tiny_data, student, teacher, **kd)
     _, terms = module(batch, 1.0)
     scale = 0.5
-    assert module.kd.temperature == 2.5  # not the default (10/3)
+    assert module.kd.logit.temperature == 2.5  # not the default (10/3)
 
     single, fused = batch.views["single"], batch.views["fused"]
     with torch.no_grad():
@@ -262,7 +262,7 @@ def test_terms_equal_the_loss_functions_on_hand_matched_rows(tiny_data, batch: B
         if FEATURE_STRIDES[name] == 1:  # per-voxel hard weights of the student's own voxels
             w = torch.where(is_hard, 3.0, 1.0)[_rows_by_coords(s_f.coords, single.coords)]
         t_rows = t_f.feats[_rows_by_coords(s_f.coords, t_f.coords)]
-        per_layer.append(feature_kd(s_f.feats, t_rows, w, adapter=module.adapters[name]))
+        per_layer.append(feature_kd(s_f.feats, t_rows, w, adapter=module.terms["feature"].adapters[name]))
     expected_feature = 0.7 * scale * torch.stack(per_layer).mean()
     assert float(terms["kd_feature"]) == pytest.approx(float(expected_feature.detach()), rel=1e-6)
 
@@ -275,8 +275,7 @@ def test_terms_equal_the_loss_functions_on_hand_matched_rows(tiny_data, batch: B
 
     s_g = s_feats["decoder"]
     in_single = _rows_by_coords(s_g.coords, single.coords)
-    assert module.graph is not None
-    expected_graph = 0.3 * scale * module.graph(
+    expected_graph = 0.3 * scale * module.terms["graph"].head(
         s_g.feats, t_feats["decoder"].feats[_rows_by_coords(s_g.coords, t_feats["decoder"].coords)], s_g.coords,
         density=fused.voxel_count[_rows_by_coords(s_g.coords, fused.coords)],
         student_logits=s_logits[in_single], teacher_logits=t_logits[in_single])
@@ -377,3 +376,18 @@ def test_the_teacher_is_picked_once_from_the_config(tiny_data) -> None:
     assert isinstance(_module(tiny_data, student, None, mode="joint").teacher, JointTeacher)
     frozen = _module(tiny_data, student, CoordNet(LABELS.num_classes, ch), logit_weight=1.0).teacher
     assert isinstance(frozen, FrozenTeacher) and not frozen.net.training
+
+
+def test_a_checkpoint_from_before_the_term_modules_still_loads(tiny_data) -> None:
+    # --resume of a run started before the terms were modules: its adapters/graph parameters
+    # were saved as `adapters.*` and `graph.*`.
+    ch = _channels(tiny_data)
+    kd = {"logit_weight": 1.0, "feature_weight": 1.0, "feature_layers": ["decoder"], "graph_weight": 0.5, "graph_hidden": 8}
+    torch.manual_seed(1)
+    saved = _module(tiny_data, CoordNet(LABELS.num_classes, ch), CoordNet(LABELS.num_classes, ch), **kd).state_dict()
+    old = {k.replace("terms.feature.adapters.", "adapters.").replace("terms.graph.head.", "graph."): v for k, v in saved.items()}
+    assert any(k.startswith("adapters.") for k in old) and any(k.startswith("graph.") for k in old)
+    torch.manual_seed(2)
+    fresh = _module(tiny_data, CoordNet(LABELS.num_classes, ch), CoordNet(LABELS.num_classes, ch), **kd)
+    fresh.load_state_dict(old)
+    assert all(torch.equal(v, saved[k]) for k, v in fresh.state_dict().items())

@@ -128,7 +128,7 @@ def test_distill_step_creates_every_tensor_on_the_input_device(tiny_data, batch:
 def test_feature_affinity_on_a_strided_layer_is_a_config_error(tiny_data) -> None:
     from m2s.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="stride-1 affinity_layer"):
+    with pytest.raises(ConfigError, match="stride-1 affinity.layer"):
         _distill_module(tiny_data, "torch", **(AFFINITY_INSTANCE | {"affinity_layer": "up3"}))
 
 

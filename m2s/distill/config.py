@@ -3,13 +3,13 @@
 Defaults follow the official M2SKD code (skyshoumeng/M2SKD, `segmentator_3d_asymm_spconv.py`):
 logit KD weight 5 with ``softmax(0.3 * logits)`` (temperature 1/0.3), the per-voxel term a
 *mean* over classes of ``p_t * |log((p_t + 1e-6) / (p_s + 1e-6))|`` without a T^2 factor,
-voxels whose term is <= 0.01 dropped (``logit_reduction: official``); feature KD off. The
+voxels whose term is <= 0.01 dropped (``logit: {reduction: official}``); feature KD off. The
 official affinity term (cosine-similarity matrices of the 20-class logits, per "thing" class
 except car; official weight 1) is implemented but OFF by default: measured here, at weight 1 it
 dominates the student's gradient (hundreds of hard voxels against the whole scan's CE) and
 drags the task loss - 1 epoch, same seed: CE 2.41 with it vs 1.90 without, while the logit
 term alone leaves CE unchanged (1.89) - and the seed study's students lost 17 mIoU with it
-(README, "Distillation study"). Turn it on with ``affinity_weight: 1``.
+(README, "Distillation study"). Turn it on with ``affinity: {weight: 1}``.
 
 Two training modes: ``frozen`` (a separately trained teacher artifact, frozen) and ``joint``
 (the official scheme: one network, shared weights, run on the single and the fused view every
@@ -24,17 +24,72 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer, model_validator
 
+from m2s.distill.terms import TERMS, AffinityConfig, FeatureConfig, GraphConfig, LogitConfig, TermConfig
 from m2s.errors import ConfigError
 
-DistillTerm = Literal["logit", "feature", "affinity", "graph"]
+DistillTerm = Literal["logit", "feature", "affinity", "graph"]  # the names in m2s.distill.terms.TERMS
 DistillMode = Literal["frozen", "joint"]
 TeacherView = Literal["fused", "single"]  # the dataset's view names (m2s.train.dataset.ViewName)
 
 
+#: The flat keys of the first config format, each mapped to its place in the nested one.
+#: Deprecated: they still load (a YAML may mix both forms as long as they do not disagree);
+#: write ``distill: {affinity: {weight: 1}}`` instead of ``distill: {affinity_weight: 1}``.
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    "logit_weight": ("logit", "weight"),
+    "temperature": ("logit", "temperature"),
+    "logit_reduction": ("logit", "reduction"),
+    "logit_min_term": ("logit", "min_term"),
+    "logit_voxels": ("logit", "voxels"),
+    "feature_weight": ("feature", "weight"),
+    "feature_layers": ("feature", "layers"),
+    "feature_hard_only": ("feature", "hard_only"),
+    "feature_hard_weight": ("feature", "hard_weight"),
+    "affinity_weight": ("affinity", "weight"),
+    "affinity_grouping": ("affinity", "grouping"),
+    "affinity_source": ("affinity", "source"),
+    "affinity_layer": ("affinity", "layer"),
+    "affinity_loss": ("affinity", "loss"),
+    "affinity_max_points_per_class": ("affinity", "max_points_per_class"),
+    "affinity_max_points_per_instance": ("affinity", "max_points_per_instance"),
+    "affinity_cross_instance": ("affinity", "cross_instance"),
+    "affinity_exclude_classes": ("affinity", "exclude_classes"),
+    "graph_weight": ("graph", "weight"),
+    "graph_num_queries": ("graph", "num_queries"),
+    "graph_k": ("graph", "k"),
+    "graph_score": ("graph", "score"),
+    "graph_layer": ("graph", "layer"),
+    "graph_hidden": ("graph", "hidden"),
+}
+
+
+def nest_flat_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` with every deprecated flat key moved into its term's sub-mapping; ValueError when a
+    flat key and its nested twin disagree."""
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items() if k not in FLAT_KEYS}
+    for flat, (term, key) in FLAT_KEYS.items():
+        if flat not in data:
+            continue
+        sub = out.setdefault(term, {})
+        if not isinstance(sub, dict):
+            raise ValueError(f"distill.{term} must be a mapping, got {sub!r}")
+        if key in sub and sub[key] != data[flat]:
+            raise ValueError(f"distill.{flat} ({data[flat]!r}) disagrees with distill.{term}.{key} ({sub[key]!r}); keep only the latter")
+        sub[key] = data[flat]
+    return out
+
+
 class DistillConfig(BaseModel):
-    """Weights and options of the four distillation terms plus their shared schedule."""
+    """Who teaches (mode), the distillation terms (one sub-config each) and their schedule.
+
+    The terms are the registered ones of :mod:`m2s.distill.terms` (logit, feature, affinity,
+    graph), each a sub-config with its own ``weight`` (0: off). The first, flat key form
+    (``affinity_weight: 1``, ``temperature: 2``, ...; :data:`FLAT_KEYS`) still loads, mapped to
+    the nested one, and the config is *recorded* in that flat form (``model_dump``): a model
+    artifact's manifest and content id stay what they were before the nested form.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,87 +104,44 @@ class DistillConfig(BaseModel):
     # changed (voxels absent from the single view, or with another majority label).
     fused_ce_weight: float = Field(0.2, ge=0.0)
 
-    # ---- logit KD on temperature-softened class distributions ----
-    logit_weight: float = Field(5.0, ge=0.0)
-    temperature: float = Field(10.0 / 3.0, gt=0.0)
-    # official: per voxel mean_c p_t |log((p_t+1e-6)/(p_s+1e-6))|, no T^2 (the M2SKD code);
-    # kl_t2: per voxel KL(p_t || p_s) summed over classes, times T^2 (Hinton) - about
-    # 20 * T^2 = 220 times stronger at the same weight.
-    logit_reduction: Literal["official", "kl_t2"] = "official"
-    # Per-voxel terms at or below this are dropped from the mean, so the average is over voxels
-    # where the student still disagrees; None: the reduction's own default (official 0.01,
-    # kl_t2 1e-4 nats before the T^2 factor).
-    logit_min_term: float | None = Field(None, ge=0.0)
-    # Which student voxels the logit term is computed on. all: every matched voxel (the official
-    # code). teacher_correct: only voxels whose teacher argmax equals the ground-truth label, so
-    # the teacher's mistakes (a fused-input teacher is measurably worse than the baseline on
-    # classes fusion never touches) are never distilled - label-guided KD as in Wen et al.,
-    # "Preparing lessons: improve knowledge distillation with better supervision", 2021.
-    logit_voxels: Literal["all", "teacher_correct"] = "all"
-
-    # ---- feature KD: MSE between adapted student features and teacher features ----
-    feature_weight: float = Field(0.0, ge=0.0)
-    feature_layers: list[str] = Field(default_factory=lambda: ["decoder"])
-    feature_hard_only: bool = False
-    feature_hard_weight: float = Field(1.0, ge=0.0)
-
-    # ---- affinity KD: relations between the voxels of hard-class objects ----
-    affinity_weight: float = Field(0.0, ge=0.0)  # official 1.0; off by default (measured)
-    # class: the official term (all voxels of each thing class in the batch, one matrix per
-    # class, summed over classes); instance: one matrix per hard-class instance (plus the
-    # same-class cross-instance relations below), averaged over instances.
-    affinity_grouping: Literal["class", "instance"] = "class"
-    affinity_source: Literal["logits", "features"] = "logits"
-    affinity_layer: str | None = None
-    affinity_loss: Literal["l1", "mse"] = "l1"
-    affinity_max_points_per_class: int = Field(1024, ge=2, le=16384)
-    affinity_max_points_per_instance: int = Field(128, ge=2, le=4096)
-    affinity_cross_instance: bool = True
-    affinity_exclude_classes: list[int] = Field(default_factory=lambda: [1])  # train id 1 = car
-
-    # ---- local graph KD (PointDistiller) ----
-    graph_weight: float = Field(0.0, ge=0.0)
-    graph_num_queries: int = Field(1024, ge=1, le=65536)  # per sample
-    graph_k: int = Field(16, ge=1, le=128)
-    graph_score: Literal["density", "disagreement"] = "density"
-    graph_layer: str = "decoder"
-    graph_hidden: int = Field(64, ge=1, le=4096)
+    # ---- the terms (m2s.distill.terms) ----
+    logit: LogitConfig = Field(default_factory=LogitConfig)
+    feature: FeatureConfig = Field(default_factory=FeatureConfig)
+    affinity: AffinityConfig = Field(default_factory=AffinityConfig)
+    graph: GraphConfig = Field(default_factory=GraphConfig)
 
     # ---- shared ----
     hard_class_weight: float = Field(1.0, ge=0.0)
     warmup_epochs: float = Field(0.0, ge=0.0)
 
-    @field_validator("feature_layers")
+    @model_validator(mode="before")
     @classmethod
-    def _unique_layers(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"feature_layers repeats a layer: {v}")
-        if any(not name for name in v):
-            raise ValueError("feature_layers contains an empty name")
-        return v
-
-    @field_validator("affinity_exclude_classes")
-    @classmethod
-    def _valid_class_ids(cls, v: list[int]) -> list[int]:
-        bad = [c for c in v if c < 0]
-        if bad:
-            raise ValueError(f"affinity_exclude_classes must be train ids >= 0, got {bad}")
-        return sorted(set(v))
+    def _nest_flat_keys(cls, data: Any) -> Any:
+        return nest_flat_keys(data) if isinstance(data, Mapping) else data
 
     @model_validator(mode="after")
     def _consistent(self) -> "DistillConfig":
-        if self.feature_weight > 0 and not self.feature_layers:
-            raise ValueError("feature_weight > 0 needs at least one entry in feature_layers")
         if self.mode == "joint" and self.teacher_view != "fused":
             raise ValueError("joint mode's teacher is its own fused-view branch: teacher_view must be 'fused'")
-        if self.affinity_weight > 0 and self.affinity_source == "features" and not self.affinity_layer:
-            raise ValueError("affinity_source='features' needs affinity_layer")
         return self
+
+    @model_serializer(mode="wrap")
+    def _flat_record(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The flat form of the first format (see the class docstring)."""
+        nested = handler(self)
+        out = {k: v for k, v in nested.items() if k not in TERMS}
+        for flat, (term, key) in FLAT_KEYS.items():
+            out[flat] = nested[term][key]
+        return out
+
+    def term(self, name: str) -> TermConfig:
+        """The sub-config of the registered term `name`."""
+        return getattr(self, name)
 
     @classmethod
     def baseline(cls) -> "DistillConfig":
         """Every distillation term off: plain single-scan training (`--kd none`)."""
-        return cls(logit_weight=0.0, feature_weight=0.0, affinity_weight=0.0, graph_weight=0.0)
+        return cls.model_validate({name: {"weight": 0.0} for name in TERMS})
 
     @classmethod
     def parse(cls, data: Mapping[str, Any] | None) -> "DistillConfig":
@@ -158,13 +170,8 @@ class DistillConfig(BaseModel):
             return ("single",)
         return ("fused", "single")
 
-    def term_weights(self) -> dict[DistillTerm, float]:
-        return {
-            "logit": self.logit_weight,
-            "feature": self.feature_weight,
-            "affinity": self.affinity_weight,
-            "graph": self.graph_weight,
-        }
+    def term_weights(self) -> dict[str, float]:
+        return {name: self.term(name).weight for name in TERMS}
 
     def weight_scale(self, epoch: float) -> float:
         """Linear warm-up factor in [0, 1] for fractional `epoch` (0 at the start)."""
@@ -174,7 +181,7 @@ class DistillConfig(BaseModel):
             return 1.0
         return min(1.0, epoch / self.warmup_epochs)
 
-    def scaled_weights(self, epoch: float) -> dict[DistillTerm, float]:
+    def scaled_weights(self, epoch: float) -> dict[str, float]:
         """Per-term weights at `epoch`, warm-up applied."""
         s = self.weight_scale(epoch)
         return {name: w * s for name, w in self.term_weights().items()}

@@ -27,6 +27,15 @@ test:
 test-fast:
 	$(PY) -m pytest -q -m "not slow"
 
+# `make lint`: ruff (lint, then formatting as a check) and mypy on the library and the CLI;
+# the rules live in pyproject.toml ([tool.ruff], [tool.mypy]).
+LINT_PATHS ?= m2s cli
+.PHONY: lint
+lint:
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m mypy $(LINT_PATHS)
+
 clean-venv:
 	rm -rf $(VENV)
 

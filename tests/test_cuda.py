@@ -292,7 +292,8 @@ def _distill_module(tiny_data, backend: str, distill: dict):  # type: ignore[no-
         teacher = LoadedModel(net=net, manifest=None, path=Path("fake-teacher"),  # type: ignore[arg-type]
                               model_cfg=net.cfg, voxel=cfg.voxel, device=torch.device("cpu"))
     weights = torch.rand(labels.num_classes, generator=torch.Generator().manual_seed(0)) + 0.5
-    return DistillModule(student, SegmentationLoss(cfg.loss, weights.numpy()), cfg, labels, teacher).train()
+    module = DistillModule(student, SegmentationLoss(cfg.loss, weights.numpy()), cfg, labels, teacher).train()
+    return module, (teacher.net if teacher is not None else None)
 
 
 def _distill_step(module, batch):  # type: ignore[no-untyped-def]
@@ -307,14 +308,15 @@ def _distill_step(module, batch):  # type: ignore[no-untyped-def]
 def test_distill_step_on_cuda_matches_cpu(tiny_data, batch, backend: str, mode: str) -> None:  # type: ignore[no-untyped-def]
     cuda_backend(backend)
     distill = FROZEN if mode == "frozen" else JOINT
-    loss_cpu, terms_cpu, grads_cpu = _distill_step(_distill_module(tiny_data, backend, distill), batch)
-    module = _distill_module(tiny_data, backend, distill).to(CUDA)
+    loss_cpu, terms_cpu, grads_cpu = _distill_step(_distill_module(tiny_data, backend, distill)[0], batch)
+    module, teacher_net = _distill_module(tiny_data, backend, distill)
+    module = module.to(CUDA)
     guard = unplaced_tensors_on_meta() if backend == "torch" else contextlib.nullcontext()
     with guard:
         loss, terms, grads = _distill_step(module, batch.to(CUDA))
     _on_cuda(loss, terms, grads)
-    if mode == "frozen":
-        assert next(module.teacher.parameters()).device.type == DEV  # moved to the batch's device by the module
+    if teacher_net is not None:
+        assert next(teacher_net.parameters()).device.type == DEV  # moved to the batch's device by the module
     assert set(terms) == set(terms_cpu) and len(terms) >= 3, terms
     for k, v in terms.items():
         assert abs(float(v) - float(terms_cpu[k])) <= 1e-3 * abs(float(terms_cpu[k])) + 1e-6, (k, float(v), float(terms_cpu[k]))
@@ -328,7 +330,7 @@ def test_distill_step_on_cuda_matches_cpu(tiny_data, batch, backend: str, mode: 
 def test_distill_step_every_term_on_cuda(tiny_data, batch, backend: str) -> None:  # type: ignore[no-untyped-def]
     """Every distillation term, the sampled local-graph term included, runs on the GPU."""
     cuda_backend(backend)
-    module = _distill_module(tiny_data, backend, FROZEN_ALL).to(CUDA)
+    module = _distill_module(tiny_data, backend, FROZEN_ALL)[0].to(CUDA)
     guard = unplaced_tensors_on_meta() if backend == "torch" else contextlib.nullcontext()
     with guard:
         loss, terms, grads = _distill_step(module, batch.to(CUDA))

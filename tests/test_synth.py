@@ -302,3 +302,59 @@ def test_cli_refuses_foreign_folder(tmp_path: Path) -> None:
     assert res.exit_code == 1
     assert "not empty" in res.output
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+# ---- generator 3: class families, placement, the hard_rate knob ----------------------------------
+def _extents(kind: int, n: int = 200) -> np.ndarray:
+    from m2s.synth.shapes import draw_shape
+
+    rng = np.random.default_rng(0)
+    shapes = [draw_shape(kind, rng) for _ in range(n)]
+    return np.array([(s.length, s.width, s.height) for s in shapes])
+
+
+def test_confusable_classes_overlap_in_bounding_size() -> None:
+    """SemanticKITTI's families overlap in size (realism.md): the box alone must not name the class."""
+    car, truck, other = _extents(10), _extents(18), _extents(20)
+    bike, moto = _extents(11), _extents(15)
+    cyclist, motorcyclist, person = _extents(31), _extents(32), _extents(30)
+
+    def overlap(a: np.ndarray, b: np.ndarray, axis: int) -> bool:
+        return bool(a[:, axis].max() > b[:, axis].min() and b[:, axis].max() > a[:, axis].min())
+
+    assert overlap(car, truck, 0) and overlap(car, truck, 2)  # vans / SUVs vs pickups
+    assert overlap(truck, other, 0) and overlap(truck, other, 2)  # box vans vs caravans, minibuses
+    assert overlap(bike, moto, 0) and overlap(bike, moto, 2)  # cargo bikes vs scooters
+    assert overlap(cyclist, motorcyclist, 0) and overlap(cyclist, motorcyclist, 2)
+    assert overlap(person, cyclist, 2)  # a rider is a person's height
+    # real ranges (realism.md): cars 3.6-6.0 m, people 1.0-1.95 m (children included)
+    assert 3.5 < car[:, 0].min() and car[:, 0].max() < 6.2
+    assert 0.95 < person[:, 2].min() and person[:, 2].max() < 2.0
+    # families, not one template: every class spreads
+    for ext in (car, truck, other, bike, moto, cyclist, motorcyclist, person):
+        assert ext[:, 0].std() > 0.05 and ext[:, 2].std() > 0.02
+
+
+def test_hard_rate_scales_hard_things_only() -> None:
+    counts = {}
+    for rate in (1.0, 10.0):
+        cfg = SynthConfig(sequences=["00", "01", "02"], test_sequences=[], scans=20, beams=16, columns=256, seed=4,
+                          hard_rate=rate)
+        classes = [k for s in cfg.sequences for k in build_world(cfg, s).instance_class.values()]
+        counts[rate] = (sum(k != 10 for k in classes), sum(k == 10 for k in classes))
+    assert counts[10.0][0] > 4 * max(1, counts[1.0][0])  # hard things: many more
+    assert counts[10.0][1] < counts[1.0][1]  # cars: a smaller part of the vehicle mix, never more
+
+
+def test_crossing_pedestrians_stop_at_the_far_kerb() -> None:
+    cfg = SynthConfig(sequences=["05"], test_sequences=[], scans=10, beams=16, columns=256, seed=9, hard_rate=30.0)
+    world = build_world(cfg, "05")
+    a = world.actors
+    crossing = np.flatnonzero(a.d_speed != 0)
+    assert crossing.size and (a.speed[crossing] == 0).all()
+    far = a.t_ref + 1000.0  # long after: every crosser has reached a kerb and stands there
+    X, Y, _ = a.placement(world.street, far)
+    d = world.street.lateral(X[crossing], Y[crossing])
+    bound = np.where(a.d_speed[crossing] > 0, a.d_hi[crossing], a.d_lo[crossing])
+    np.testing.assert_allclose(d, bound, atol=1e-6)
+    assert (np.abs(bound) > world.layout.road_half).all()  # off the road, on the sidewalk edge

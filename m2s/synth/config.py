@@ -68,7 +68,7 @@ class SynthConfig(BaseModel):
         return _normalize(list(v) if not isinstance(v, str) else v)
 
     @model_validator(mode="after")
-    def _check(self) -> "SynthConfig":
+    def _check(self) -> SynthConfig:
         if not self.all_sequences:
             raise ValueError("no sequences to generate")
         if not self.elevation_top_deg > self.elevation_bottom_deg:

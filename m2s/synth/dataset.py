@@ -54,7 +54,7 @@ class SequenceStats:
     instance_points: dict[int, int] = field(default_factory=dict)  # instance id -> points, all scans
     present: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> instance ids with points
 
-    def merge(self, other: "SequenceStats") -> None:
+    def merge(self, other: SequenceStats) -> None:
         self.scans += other.scans
         self.points += other.points
         for k, v in other.instance_points.items():
@@ -134,7 +134,11 @@ def generate_sequence(
         ids, counts = np.unique(inst[inst > 0], return_counts=True)
         stats.merge(
             SequenceStats(
-                sequence, labelled, 1, int(scan.points.shape[0]), dict(zip(ids.tolist(), counts.tolist())),
+                sequence,
+                labelled,
+                1,
+                int(scan.points.shape[0]),
+                dict(zip(ids.tolist(), counts.tolist(), strict=True)),
                 {frame: ids.astype(np.int64)},
             )
         )

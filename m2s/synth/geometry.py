@@ -40,7 +40,7 @@ class Prims:
         return int(self.kind.shape[0])
 
     @staticmethod
-    def empty() -> "Prims":
+    def empty() -> Prims:
         return Prims(
             kind=np.zeros(0, np.int8),
             center=np.zeros((0, 3)),
@@ -52,20 +52,20 @@ class Prims:
         )
 
     @staticmethod
-    def concat(parts: list["Prims"]) -> "Prims":
+    def concat(parts: list[Prims]) -> Prims:
         parts = [p for p in parts if len(p)]
         if not parts:
             return Prims.empty()
         fields = ("kind", "center", "half", "yaw", "sem", "inst", "refl")
         return Prims(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
 
-    def take(self, idx: np.ndarray) -> "Prims":
+    def take(self, idx: np.ndarray) -> Prims:
         return Prims(
             self.kind[idx], self.center[idx], self.half[idx], self.yaw[idx],
             self.sem[idx], self.inst[idx], self.refl[idx],
         )  # fmt: skip
 
-    def to_frame(self, position: np.ndarray, yaw: float) -> "Prims":
+    def to_frame(self, position: np.ndarray, yaw: float) -> Prims:
         """Express the primitives in a frame at `position` rotated by `yaw` about z."""
         c, s = np.cos(yaw), np.sin(yaw)
         rel = self.center - np.asarray(position, dtype=np.float64)

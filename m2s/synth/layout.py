@@ -41,7 +41,7 @@ class Street:
         k = 2.0 * np.pi / self.wavelength
         return self.amplitude * k * np.cos(k * x + self.phase)
 
-    def place(self, x: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def place(self, x: np.ndarray | float, d: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """World (X, Y, heading) of street coordinates (x, d)."""
         x = np.asarray(x, dtype=np.float64)
         s = self.slope(x)
@@ -88,7 +88,7 @@ class Layout:
         return self.sidewalk_in + self.sidewalk
 
     def ego_lane_d(self, lane: int) -> float:
-        """d of the centre of lane `lane` (0 = outermost... no: 0 = innermost) on the ego's side."""
+        """d of the centre of lane `lane` on the ego's side (0: the lane next to the centre line)."""
         return -(self.median + (lane + 0.5) * self.lane_width)
 
     def in_junction(self, x: np.ndarray, pad: float = 0.0) -> np.ndarray:
@@ -122,7 +122,8 @@ def draw_layout(rng: np.random.Generator, x_lo: float, x_hi: float) -> Layout:
         x += float(rng.uniform(60.0, 250.0))
     edges = []
     for _ in range(2):
-        e, x = [], x_lo
+        e: list[float] = []
+        x = x_lo
         while x < x_hi:  # lawn stretches with shorter paved yards and driveways between them
             x += float(rng.uniform(20.0, 90.0)) if len(e) % 2 == 0 else float(rng.uniform(3.0, 8.0))
             e.append(x)
@@ -141,7 +142,9 @@ def draw_layout(rng: np.random.Generator, x_lo: float, x_hi: float) -> Layout:
     )
 
 
-def ground_class(street: Street, layout: Layout, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ground_class(
+    street: Street, layout: Layout, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw semantic id, base remission and whether the ground is raised (curb level) at world (x, y)."""
     d = street.lateral(x, y)
     ad = np.abs(d)
@@ -150,7 +153,7 @@ def ground_class(street: Street, layout: Layout, x: np.ndarray, y: np.ndarray) -
     on_road = ~in_median & (ad < layout.road_half)
     junction = layout.in_junction(x) & (ad >= layout.road_half)
     parking = ~junction & (ad >= layout.road_half) & (ad < layout.parking_out[side])
-    verge = ~junction & (ad >= layout.parking_out[side]) & (ad < layout.sidewalk_in[side])
+    # the verge, between parking and sidewalk, keeps the default TERRAIN
     walk = ~junction & (ad >= layout.sidewalk_in[side]) & (ad < layout.property_in[side])
     prop = ~junction & (ad >= layout.property_in[side])
     paved = np.zeros(x.shape, dtype=bool)

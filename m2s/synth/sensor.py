@@ -83,7 +83,7 @@ def render_scan(world: World, cfg: SynthConfig, frame: int) -> Scan:
     # ground returns weaken at grazing incidence (the ground normal is vertical: cos = |dz|)
     base = np.where(use_ground, base * (0.55 + 0.45 * np.abs(dirs[:, 2]) ** 0.5), base)
 
-    n = t.shape[0]
+    n = int(t.shape[0])
     noise = rng.standard_normal(n, dtype=np.float32) * np.float32(cfg.range_noise)
     refl_noise = rng.standard_normal(n, dtype=np.float32) * np.float32(cfg.remission_noise)
     u = rng.random(n, dtype=np.float32)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from m2s.synth.geometry import BOX, CYLINDER, ELLIPSOID
+from m2s.synth.geometry import BOX, ELLIPSOID
 from m2s.synth.ids import (
     BICYCLE,
     BICYCLIST,
@@ -296,7 +296,9 @@ def bicycle_frame(rng: Rng) -> TwoWheeler:
         parts.append(box(rear_x + 0.05, 0.0, r + 0.15, r + 0.45, 0.22, 0.18))
     if sub == "city" and rng.random() < 0.08:  # child seat
         parts.append(box(rear_x + 0.05, 0.0, seat_z, seat_z + 0.35, 0.18, 0.16))
-    return TwoWheeler(parts, sub, (-0.15 * base - 0.03, seat_z + 0.04), (front_x - 0.08, bar_z, half_bar), (0.0, r), False)
+    return TwoWheeler(
+        parts, sub, (-0.15 * base - 0.03, seat_z + 0.04), (front_x - 0.08, bar_z, half_bar), (0.0, r), False
+    )
 
 
 def motorcycle_frame(rng: Rng) -> TwoWheeler:
@@ -360,7 +362,10 @@ def person_height(rng: Rng) -> float:
 def _torso(x: float, z0: float, z1: float, depth: float, width: float) -> list[Part]:
     # chest and hips: two ellipsoids so the outline narrows at the waist
     mid = (z0 + z1) / 2
-    return [ell(x, 0.0, (mid + z1) / 2, depth, width, (z1 - mid) / 2 + 0.05), ell(x, 0.0, (z0 + mid) / 2, depth * 0.9, width * 0.85, (mid - z0) / 2 + 0.05)]
+    return [
+        ell(x, 0.0, (mid + z1) / 2, depth, width, (z1 - mid) / 2 + 0.05),
+        ell(x, 0.0, (z0 + mid) / 2, depth * 0.9, width * 0.85, (mid - z0) / 2 + 0.05),
+    ]
 
 
 def standing_body(rng: Rng, h: float, walking: bool) -> list[Part]:
@@ -429,7 +434,14 @@ def _rider(rng: Rng, frame: TwoWheeler, helmet: bool) -> list[Part]:
     px, pz = frame.peg
     knee_x = sx + 0.45 * (bx - sx)
     parts = [
-        ell((sx + shoulder_x) / 2, 0.0, (sz + shoulder_z) / 2, depth + abs(shoulder_x - sx) / 2, width, (shoulder_z - sz) / 2 + 0.05),
+        ell(
+            (sx + shoulder_x) / 2,
+            0.0,
+            (sz + shoulder_z) / 2,
+            depth + abs(shoulder_x - sx) / 2,
+            width,
+            (shoulder_z - sz) / 2 + 0.05,
+        ),
         ell(shoulder_x + 0.04, 0.0, shoulder_z + head * 1.15, head * 1.2, head * 1.05, head * 1.15),
         box((shoulder_x + bx) / 2, width * 0.9, bz, shoulder_z - 0.05, abs(bx - shoulder_x) / 2 + 0.04, 0.045),
         box((shoulder_x + bx) / 2, -width * 0.9, bz, shoulder_z - 0.05, abs(bx - shoulder_x) / 2 + 0.04, 0.045),

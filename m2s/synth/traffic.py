@@ -15,7 +15,6 @@ every class).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -189,15 +188,29 @@ class _Placer:
             for _ in range(self.rate(0.035, span)):  # at the road edge, in the bike lane
                 shape = draw_shape(BICYCLIST, rng)
                 d = side * float(lay.road_half - float(rng.uniform(0.5, 0.9)))
-                self.move(shape, x_lo - reach + float(rng.uniform(0.0, span)), d, 0.0, sign * float(rng.uniform(3.5, 7.0)))
+                self.move(
+                    shape, x_lo - reach + float(rng.uniform(0.0, span)), d, 0.0, sign * float(rng.uniform(3.5, 7.0))
+                )
             for _ in range(self.rate(0.02, span)):  # on the sidewalk or a bike path beside it, either direction
                 shape = draw_shape(BICYCLIST, rng)
                 d = side * float(lay.sidewalk_in[s] + lay.sidewalk[s] * float(rng.uniform(0.3, 0.7)))
-                self.move(shape, x_lo - reach + float(rng.uniform(0.0, span)), d, CURB, float(rng.choice([-1.0, 1.0])) * float(rng.uniform(2.0, 4.0)))
+                self.move(
+                    shape,
+                    x_lo - reach + float(rng.uniform(0.0, span)),
+                    d,
+                    CURB,
+                    float(rng.choice([-1.0, 1.0])) * float(rng.uniform(2.0, 4.0)),
+                )
             for _ in range(self.rate(0.01, x_hi - x_lo)):  # waiting or standing with the bike
                 shape = draw_shape(BICYCLIST, rng)
                 d = side * float(lay.sidewalk_in[s] + lay.sidewalk[s] * float(rng.uniform(0.2, 0.8)))
-                self.park(shape, float(rng.uniform(x_lo, x_hi)), d, CURB, float(rng.uniform(-0.3, 0.3)) + (np.pi if side > 0 else 0.0))
+                self.park(
+                    shape,
+                    float(rng.uniform(x_lo, x_hi)),
+                    d,
+                    CURB,
+                    float(rng.uniform(-0.3, 0.3)) + (np.pi if side > 0 else 0.0),
+                )
             for _ in range(self.rate(0.006, x_hi - x_lo)):  # a motorcyclist beside or on a parked bike
                 shape = draw_shape(MOTORCYCLIST, rng)
                 d = side * float(lay.road_half + max(float(lay.parking[s]) / 2, 0.0) - 0.5)
@@ -225,9 +238,20 @@ class _Placer:
                 if u < 0.55:  # standing on the sidewalk, at shop fronts, talking in groups
                     d = side * float(rng.uniform(lo, max(lo, hi)))
                     for k in range(int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))):
-                        self.park(person(rng, walking=False), x + 0.7 * k, d, CURB, turn + float(rng.uniform(-1.0, 1.0)), margin=0.05)
+                        self.park(
+                            person(rng, walking=False),
+                            x + 0.7 * k,
+                            d,
+                            CURB,
+                            turn + float(rng.uniform(-1.0, 1.0)),
+                            margin=0.05,
+                        )
                 elif u < 0.85:  # standing at a parked car (loading, unlocking, chatting)
-                    d = side * float(lay.parking_out[s] + 0.35) if lay.parking[s] > 0 else side * float(lay.sidewalk_in[s] + 0.35)
+                    d = (
+                        side * float(lay.parking_out[s] + 0.35)
+                        if lay.parking[s] > 0
+                        else side * float(lay.sidewalk_in[s] + 0.35)
+                    )
                     self.park(person(rng, walking=False), x, d, CURB, turn, margin=0.05)
                 else:  # sitting on a wall, a step, a bench at the property line
                     self.park(person(rng, sitting=True), x, side * (hi - 0.1), CURB, -side * np.pi / 2, margin=0.05)
@@ -263,7 +287,6 @@ class _Placer:
 
     def build(self, t_mid: float) -> Traffic:
         m = self.mov
-        arr: Callable[[list[float]], np.ndarray] = lambda v: np.asarray(v, dtype=np.float64)  # noqa: E731
         actors = Actors(
             parts=self.dyn.build(),
             actor=np.asarray(self.dyn.actor, dtype=np.int64),
@@ -281,6 +304,10 @@ class _Placer:
         xyzh = np.asarray([self.static_pose[i] for i in ids.tolist()], dtype=np.float64).reshape(-1, 4)
         poses = poses_z(xyzh[:, 0], xyzh[:, 1], xyzh[:, 2], xyzh[:, 3]) if len(ids) else np.zeros((0, 4, 4))
         return Traffic(self.static.build(), actors, self.instance_class, ids, poses)
+
+
+def arr(values: list[float]) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)
 
 
 def build_traffic(

@@ -34,7 +34,7 @@ InstancePoses = dict[int, dict[int, np.ndarray]]
 def format_instance_poses(frame: np.ndarray, instance: np.ndarray, lidar_from_object: np.ndarray) -> str:
     """Text of the file for rows (frame (N,), instance (N,), lidar_from_object (N,4,4))."""
     mats = np.asarray(lidar_from_object, dtype=np.float64)[:, :3, :].reshape(-1, 12)
-    rows = zip(np.asarray(frame).tolist(), np.asarray(instance).tolist(), mats.tolist())
+    rows = zip(np.asarray(frame).tolist(), np.asarray(instance).tolist(), mats.tolist(), strict=True)
     return _HEADER + "".join(_ROW % (f, i, *m) for f, i, m in rows)
 
 
@@ -65,6 +65,6 @@ def read_instance_poses(path: str | Path) -> InstancePoses:
     mats = np.tile(np.eye(4), (arr.shape[0], 1, 1))
     mats[:, :3, :] = arr[:, 2:].reshape(-1, 3, 4)
     out: InstancePoses = {}
-    for f, i, m in zip(arr[:, 0].astype(np.int64).tolist(), arr[:, 1].astype(np.int64).tolist(), mats):
+    for f, i, m in zip(arr[:, 0].astype(np.int64).tolist(), arr[:, 1].astype(np.int64).tolist(), mats, strict=True):
         out.setdefault(f, {})[i] = m
     return out

@@ -99,8 +99,6 @@ def kitti_calibration(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, n
     return tr, calib
 
 
-
-
 def build_world(cfg: SynthConfig, sequence: str) -> World:
     """Deterministic world of one sequence (depends only on `cfg` and the sequence id)."""
     rng = sequence_rng(cfg.seed, sequence, 0)

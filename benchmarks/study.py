@@ -73,9 +73,9 @@ SIZES: dict[str, dict[str, Any]] = {
         "epochs": 12,
     },
     "demo": {  # the demo's own data (`make demo`), for seed spread of the demo's result
-        "synth": "--sequences 00,01,08 --test-sequences none --scans 40 --beams 32 --columns 512 --seed 0",
-        "train": "00,01",
-        "val": "08",
+        "synth": "--sequences 00-14 --test-sequences none --scans 15 --beams 32 --columns 512 --seed 0",
+        "train": "00,01,02,03,04,05",
+        "val": "06,07,08,09,10,11,12,13,14",
         "teacher": "pipelines/configs/demo-teacher.yaml",
         "student": "pipelines/configs/demo-student.yaml",
     },

@@ -71,13 +71,29 @@ def install_wheels(folder: Path, logfile: Any, dry_run: bool = False) -> dict[st
     for xz in sorted(folder.glob("*.whl.xz")):
         with lzma.open(xz) as src, open(unpacked / xz.name[: -len(".xz")], "wb") as dst:
             shutil.copyfileobj(src, dst, 2**24)
-    pip = [sys.executable, "-m", "pip", "install", "--no-index", "--no-cache-dir", "--no-compile", "--disable-pip-version-check"]
-    cmd = pip + ["--find-links", str(folder), "--find-links", str(unpacked), "-r", str(req)] + (["--dry-run"] if dry_run else [])
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-index",
+        "--no-cache-dir",
+        "--no-compile",
+        "--disable-pip-version-check",
+    ]
+    cmd = (
+        pip
+        + ["--find-links", str(folder), "--find-links", str(unpacked), "-r", str(req)]
+        + (["--dry-run"] if dry_run else [])
+    )
     print("$ " + " ".join(cmd), file=logfile, flush=True)
     proc = subprocess.run(cmd, stdout=logfile, stderr=subprocess.STDOUT, timeout=300)
     wheels = sorted(p.name for p in folder.iterdir() if p.name.endswith((".whl", ".whl.xz")))
-    res: dict[str, Any] = {"folder": str(folder), "wheels": wheels,
-                           "requirements": [ln for ln in req.read_text().splitlines() if ln and not ln.startswith("#")]}
+    res: dict[str, Any] = {
+        "folder": str(folder),
+        "wheels": wheels,
+        "requirements": [ln for ln in req.read_text().splitlines() if ln and not ln.startswith("#")],
+    }
     if proc.returncode == 0:
         res["status"] = "ok"
     elif dry_run:
@@ -89,9 +105,13 @@ def install_wheels(folder: Path, logfile: Any, dry_run: bool = False) -> dict[st
         print("$ " + " ".join(cmd), file=logfile, flush=True)
         again = subprocess.run(cmd, stdout=logfile, stderr=subprocess.STDOUT, timeout=300)
         if again.returncode == 0:
-            res.update(status=f"ok with --no-deps --target {site} (the resolved install failed: see env.log)", site=str(site))
+            res.update(
+                status=f"ok with --no-deps --target {site} (the resolved install failed: see env.log)", site=str(site)
+            )
         else:
-            res["status"] = f"failed: pip exited {proc.returncode}, then {again.returncode} with --no-deps (see env.log)"
+            res["status"] = (
+                f"failed: pip exited {proc.returncode}, then {again.returncode} with --no-deps (see env.log)"
+            )
     shutil.rmtree(unpacked, ignore_errors=True)
     res["seconds"] = time.perf_counter() - t0
     return res
@@ -127,18 +147,28 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     budgets = dict(QUICK_BUDGETS if args.quick else BUDGETS) | _budget_overrides(args.budget)
     report: dict[str, Any] = {
-        "tool": "benchmarks/gpu_check.py", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python3", "benchmarks/gpu_check.py", *argv]), "device": args.device, "quick": args.quick,
-        "sizes": asdict(QUICK if args.quick else FULL), "cuda": False, "wheels": None, "parts": {},
-        "budgets_s": {p: budgets[p] for p in parts}, "grace_s": GRACE_S,
+        "tool": "benchmarks/gpu_check.py",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python3", "benchmarks/gpu_check.py", *argv]),
+        "device": args.device,
+        "quick": args.quick,
+        "sizes": asdict(QUICK if args.quick else FULL),
+        "cuda": False,
+        "wheels": None,
+        "parts": {},
+        "budgets_s": {p: budgets[p] for p in parts},
+        "grace_s": GRACE_S,
     }
     if args.wheels is not None:
         with open(out / "env.log", "a") as fh:
             report["wheels"] = install_wheels(args.wheels, fh)
         print(f"wheels: {report['wheels']['status']}", flush=True)
     site = (report["wheels"] or {}).get("site")  # the --no-deps fallback's folder, if it came to that
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), site, os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), site, os.environ.get("PYTHONPATH")])),
+    )
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     env["TMPDIR"] = str(tmp)  # the parts' scratch (data, pytest's): removed below, even after a kill
     try:
@@ -146,15 +176,29 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> int:
             budget = budgets[part]
             result = tmp / f"{part}.json"
             logname = f"{part}.log"
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--part", part, "--result", str(result),
-                   "--device", args.device, "--budget", str(budget), "--backends", args.backends]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--part",
+                part,
+                "--result",
+                str(result),
+                "--device",
+                args.device,
+                "--budget",
+                str(budget),
+                "--backends",
+                args.backends,
+            ]
             if args.quick:
                 cmd.append("--quick")
             print(f"== {part} (budget {budget:.0f} s) -> {out / logname}", flush=True)
             t0 = time.perf_counter()
             killed = False
             with open(out / logname, "a") as fh:
-                proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+                proc = subprocess.Popen(
+                    cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+                )
                 try:
                     proc.wait(timeout=budget + GRACE_S)
                 except subprocess.TimeoutExpired:

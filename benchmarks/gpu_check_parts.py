@@ -75,13 +75,37 @@ class Sizes:
 
 
 FULL = Sizes(
-    beams=64, columns=2048, points=125_000, voxel=0.05, batch=4, width=1.0, model_sizes=(18, 34),
-    repeats=5, warmup=2, parity_points=50_000, train_scans=120, train_s=60.0, train_warmup=3, workers=None,
+    beams=64,
+    columns=2048,
+    points=125_000,
+    voxel=0.05,
+    batch=4,
+    width=1.0,
+    model_sizes=(18, 34),
+    repeats=5,
+    warmup=2,
+    parity_points=50_000,
+    train_scans=120,
+    train_s=60.0,
+    train_warmup=3,
+    workers=None,
     config_overrides=(),
 )
 QUICK = Sizes(
-    beams=16, columns=256, points=3_000, voxel=0.2, batch=2, width=0.25, model_sizes=(18, 34),
-    repeats=2, warmup=1, parity_points=3_000, train_scans=6, train_s=3.0, train_warmup=1, workers=1,
+    beams=16,
+    columns=256,
+    points=3_000,
+    voxel=0.2,
+    batch=2,
+    width=0.25,
+    model_sizes=(18, 34),
+    repeats=2,
+    warmup=1,
+    parity_points=3_000,
+    train_scans=6,
+    train_s=3.0,
+    train_warmup=1,
+    workers=1,
     config_overrides=(("model.width", 0.25), ("voxel.voxel_size", 0.2), ("optim.batch_size", 2)),
 )
 
@@ -222,7 +246,7 @@ def cuda_backends(requested: tuple[str, ...]) -> tuple[list[str], dict[str, str]
             else:
                 why[name] = f"no CUDA kernels ({spconv_backend.describe()})"
         elif name == "minkowski":
-            import MinkowskiEngine as ME  # noqa: N817
+            import MinkowskiEngine as ME
 
             if getattr(ME, "is_cuda_available", lambda: False)():
                 ok.append(name)
@@ -239,7 +263,7 @@ def _dist_versions(prefixes: tuple[str, ...]) -> dict[str, str]:
 
     out = {}
     for d in metadata.distributions():
-        name = (d.metadata.get("Name") or "").lower()
+        name = (d.name or "").lower()
         if name.startswith(prefixes):
             out[name] = d.version
     return dict(sorted(out.items()))
@@ -258,20 +282,28 @@ def part_env(ctx: PartContext) -> None:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "cuda_available": torch.cuda.is_available(),
         "shm_GiB": round(shutil.disk_usage("/dev/shm").total / 2**30, 1) if os.path.isdir("/dev/shm") else None,
-        "packages": _dist_versions(("numpy", "pydantic", "h5py", "scipy", "spconv", "cumm", "minkowskiengine", "typing")),
+        "packages": _dist_versions(
+            ("numpy", "pydantic", "h5py", "scipy", "spconv", "cumm", "minkowskiengine", "typing")
+        ),
     }
     if torch.cuda.is_available():
         info["gpus"] = []
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            info["gpus"].append({
-                "name": p.name, "memory_GiB": round(p.total_memory / 2**30, 1),
-                "capability": f"{p.major}.{p.minor}", "multiprocessors": p.multi_processor_count,
-            })
+            info["gpus"].append(
+                {
+                    "name": p.name,
+                    "memory_GiB": round(p.total_memory / 2**30, 1),
+                    "capability": f"{p.major}.{p.minor}",
+                    "multiprocessors": p.multi_processor_count,
+                }
+            )
     try:
         smi = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=15,
+            capture_output=True,
+            text=True,
+            timeout=15,
         )
         info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
         info["driver"] = smi.stdout.strip().split(",")[1].strip() if smi.returncode == 0 and "," in smi.stdout else None
@@ -280,17 +312,20 @@ def part_env(ctx: PartContext) -> None:
         info["driver"] = None
     ctx.rec.update(info=info)
 
-    from m2s.sparse import available_backends, minkowski_status, resolve_auto, spconv_status
-    from m2s.sparse import spconv_backend
+    from m2s.sparse import available_backends, minkowski_status, resolve_auto, spconv_backend, spconv_status
 
     backends: dict[str, Any] = {"torch": {"imports": True, "cuda": torch.cuda.is_available()}}
     sp_ok, sp_why = spconv_status()
-    backends["spconv"] = {"imports": sp_ok, "why": sp_why or None, "describe": spconv_backend.describe(),
-                          "cuda": sp_ok and spconv_backend.has_cuda()}
+    backends["spconv"] = {
+        "imports": sp_ok,
+        "why": sp_why or None,
+        "describe": spconv_backend.describe(),
+        "cuda": sp_ok and spconv_backend.has_cuda(),
+    }
     me_ok, me_why = minkowski_status()
     me: dict[str, Any] = {"imports": me_ok, "why": me_why or None, "cuda": False}
     if me_ok:
-        import MinkowskiEngine as ME  # noqa: N817
+        import MinkowskiEngine as ME
 
         me["version"] = getattr(ME, "__version__", "?")
         me["cuda"] = bool(torch.cuda.is_available() and getattr(ME, "is_cuda_available", lambda: False)())
@@ -313,8 +348,14 @@ def _junit(path: Path) -> dict[str, Any]:
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
                 message = (el.get("message") or "").strip().splitlines()[0][:200] if el.get("message") else ""
                 break
-        tests.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
-                      "time_s": float(case.get("time") or 0.0), "message": message})
+        tests.append(
+            {
+                "test": f"{case.get('classname')}::{case.get('name')}",
+                "outcome": outcome,
+                "time_s": float(case.get("time") or 0.0),
+                "message": message,
+            }
+        )
     counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
     return {"counts": counts, "tests": tests}
 
@@ -325,8 +366,19 @@ def part_pytest(ctx: PartContext) -> None:
 
 
 def _run_pytest(ctx: PartContext, junit: Path) -> None:
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider",
-           f"--junitxml={junit}", "tests"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "gpu",
+        "-q",
+        "-rfEs",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        "tests",
+    ]
     ctx.rec.update(command="pytest -m gpu -q -rfEs -p no:cacheprovider tests", stage="pytest running")
     log(" ".join(cmd))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
@@ -353,7 +405,9 @@ def _run_pytest(ctx: PartContext, junit: Path) -> None:
 
 
 # ---- part: CPU <-> CUDA parity -------------------------------------------------------------------
-def _minkunet_step(backend: str, state: dict[str, Any], cfg: Any, x: Any, labels: Any, device: str) -> tuple[Any, dict[str, Any], float]:
+def _minkunet_step(
+    backend: str, state: dict[str, Any], cfg: Any, x: Any, labels: Any, device: str
+) -> tuple[Any, dict[str, Any], float]:
     """One train-mode forward + backward: (logits, {param: grad}, loss), all on the CPU."""
     import torch
 
@@ -383,8 +437,11 @@ def part_parity(ctx: PartContext) -> None:
     dry = not ctx.cuda
     names = ok if not dry else [b for b in ctx.backends if b not in why or why[b] == "no CUDA"]
     other = "cpu" if dry else "cuda"
-    ctx.rec.update(tolerance={"logits_rtol": LOGITS_RTOL, "grads_rtol": GRADS_RTOL, "dtype": "float32", "tf32": False},
-                   not_run={k: v for k, v in why.items() if k not in names}, dry_run=dry)
+    ctx.rec.update(
+        tolerance={"logits_rtol": LOGITS_RTOL, "grads_rtol": GRADS_RTOL, "dtype": "float32", "tf32": False},
+        not_run={k: v for k, v in why.items() if k not in names},
+        dry_run=dry,
+    )
     sizes = ctx.sizes
     x = scan_batch(sizes, 1, sizes.parity_points, seed=11)
     cfg = ModelConfig(size=18, width=sizes.width, in_channels=4, num_classes=20)
@@ -409,11 +466,19 @@ def part_parity(ctx: PartContext) -> None:
             continue
         per_param = {n: rel_err(g_dev[n], g) for n, g in g_cpu.items()}
         worst = max(per_param, key=per_param.get)  # type: ignore[arg-type]
-        grads = rel_err(torch.cat([g_dev[n].flatten() for n in g_cpu]), torch.cat([g.flatten() for g in g_cpu.values()]))
-        row = {
-            "backend": name, "logits_rel_err": rel_err(l_dev, l_cpu), "grads_rel_err": grads,
-            "worst_param": worst, "worst_param_rel_err": per_param[worst], "loss_cpu": loss_cpu, "loss_other": loss_dev,
-            "same_param_set": set(g_cpu) == set(g_dev), "seconds": time.perf_counter() - t0,
+        grads = rel_err(
+            torch.cat([g_dev[n].flatten() for n in g_cpu]), torch.cat([g.flatten() for g in g_cpu.values()])
+        )
+        row: dict[str, Any] = {
+            "backend": name,
+            "logits_rel_err": rel_err(l_dev, l_cpu),
+            "grads_rel_err": grads,
+            "worst_param": worst,
+            "worst_param_rel_err": per_param[worst],
+            "loss_cpu": loss_cpu,
+            "loss_other": loss_dev,
+            "same_param_set": set(g_cpu) == set(g_dev),
+            "seconds": time.perf_counter() - t0,
         }
         row["pass"] = bool(row["logits_rel_err"] <= LOGITS_RTOL and grads <= GRADS_RTOL and row["same_param_set"])
         if not row["pass"]:
@@ -439,7 +504,9 @@ def _autocast(device: str, dtype: str) -> Any:
     return torch.autocast(torch.device(device).type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
 
 
-def _bench_one(backend: str, size: int, dtype: str, x: Any, labels: Any, ctx: PartContext, device: str) -> dict[str, Any]:
+def _bench_one(
+    backend: str, size: int, dtype: str, x: Any, labels: Any, ctx: PartContext, device: str
+) -> dict[str, Any]:
     import torch
 
     from m2s.models import ModelConfig, build_model
@@ -470,12 +537,19 @@ def _bench_one(backend: str, size: int, dtype: str, x: Any, labels: Any, ctx: Pa
             bwd.append(t2 - t1)
     if not fwd:
         return {"backend": backend, "model": f"MinkUNet{size}", "dtype": dtype, "stopped": "budget reached in warm-up"}
-    total = statistics.median([a + b for a, b in zip(fwd, bwd)])
+    total = statistics.median([a + b for a, b in zip(fwd, bwd, strict=True)])
     return {
-        "backend": backend, "model": f"MinkUNet{size}", "dtype": dtype, "device": device,
-        "forward_ms": 1e3 * statistics.median(fwd), "backward_ms": 1e3 * statistics.median(bwd),
-        "fwd_bwd_ms": 1e3 * total, "scans_per_s": ctx.sizes.batch / total, "timed_runs": len(fwd),
-        "peak_MiB": _peak_mib(device), "loss": float(loss.detach()),
+        "backend": backend,
+        "model": f"MinkUNet{size}",
+        "dtype": dtype,
+        "device": device,
+        "forward_ms": 1e3 * statistics.median(fwd),
+        "backward_ms": 1e3 * statistics.median(bwd),
+        "fwd_bwd_ms": 1e3 * total,
+        "scans_per_s": ctx.sizes.batch / total,
+        "timed_runs": len(fwd),
+        "peak_MiB": _peak_mib(device),
+        "loss": float(loss.detach()),
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
     }
 
@@ -502,24 +576,42 @@ def _bench_native(size: int, dtype: str, x: Any, labels: Any, ctx: PartContext, 
         if i >= ctx.sizes.warmup:
             times.append(time.perf_counter() - t0)
     total = statistics.median(times)
-    return {"backend": "spconv-native", "model": f"MinkUNet{size}", "dtype": dtype, "device": device,
-            "forward_ms": None, "backward_ms": None, "fwd_bwd_ms": 1e3 * total, "scans_per_s": ctx.sizes.batch / total,
-            "timed_runs": len(times), "peak_MiB": _peak_mib(device), "loss": float(loss.detach()),
-            "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-            "note": "spconv.pytorch modules, spconv's default algorithm: the reference of the 1.5x target"}
+    return {
+        "backend": "spconv-native",
+        "model": f"MinkUNet{size}",
+        "dtype": dtype,
+        "device": device,
+        "forward_ms": None,
+        "backward_ms": None,
+        "fwd_bwd_ms": 1e3 * total,
+        "scans_per_s": ctx.sizes.batch / total,
+        "timed_runs": len(times),
+        "peak_MiB": _peak_mib(device),
+        "loss": float(loss.detach()),
+        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "note": "spconv.pytorch modules, spconv's default algorithm: the reference of the 1.5x target",
+    }
 
 
 def _native_ratio(results: list[dict[str, Any]], size: int = 18) -> dict[str, Any] | None:
     """The issue's target: the fastest m2s backend's MinkUNet18 fp32 fwd+bwd within 1.5x of spconv's own."""
-    ok = [r for r in results if r.get("model") == f"MinkUNet{size}" and r.get("dtype") == "fp32" and r.get("fwd_bwd_ms")]
+    ok = [
+        r for r in results if r.get("model") == f"MinkUNet{size}" and r.get("dtype") == "fp32" and r.get("fwd_bwd_ms")
+    ]
     ref = next((r for r in ok if r["backend"] == "spconv-native"), None)
     ours = [r for r in ok if r["backend"] != "spconv-native"]
     if ref is None or not ours:
         return None
     best = min(ours, key=lambda r: r["fwd_bwd_ms"])
     ratio = best["fwd_bwd_ms"] / ref["fwd_bwd_ms"]
-    return {"model": f"MinkUNet{size}", "dtype": "fp32", "fastest_backend": best["backend"], "ratio_to_spconv_native": ratio,
-            "target": 1.5, "met": ratio <= 1.5}
+    return {
+        "model": f"MinkUNet{size}",
+        "dtype": "fp32",
+        "fastest_backend": best["backend"],
+        "ratio_to_spconv_native": ratio,
+        "target": 1.5,
+        "met": ratio <= 1.5,
+    }
 
 
 def part_backbone(ctx: PartContext) -> None:
@@ -539,15 +631,26 @@ def part_backbone(ctx: PartContext) -> None:
     x = type(x)(x.coords.to(device), x.feats.to(device))
     labels = torch.randint(0, 20, (x.coords.shape[0],), generator=torch.Generator().manual_seed(0)).to(device)
     ctx.rec.update(
-        device=device, scans=sizes.batch, points_per_scan=sizes.points, voxel_size=sizes.voxel,
-        voxels=int(x.coords.shape[0]), width=sizes.width, repeats=sizes.repeats, warmup=sizes.warmup,
+        device=device,
+        scans=sizes.batch,
+        points_per_scan=sizes.points,
+        voxel_size=sizes.voxel,
+        voxels=int(x.coords.shape[0]),
+        width=sizes.width,
+        repeats=sizes.repeats,
+        warmup=sizes.warmup,
         not_run={k: v for k, v in why.items() if k not in names},
     )
     # Most wanted first, so a budget cut drops MinkUNet34 before MinkUNet18. spconv's own network
     # (spconv-native) in fp32, and in fp16, its own mixed precision (its ops cast to fp16 under autocast).
     native = ["spconv-native"] if "spconv" in (ok if ctx.cuda else present) else []
-    plan = [(size, dtype, b) for size in sizes.model_sizes for dtype in ("fp32", "bf16") for b in names + native
-            if not (b == "spconv-native" and dtype == "bf16")]
+    plan = [
+        (size, dtype, b)
+        for size in sizes.model_sizes
+        for dtype in ("fp32", "bf16")
+        for b in names + native
+        if not (b == "spconv-native" and dtype == "bf16")
+    ]
     plan += [(size, "fp16", "spconv-native") for size in sizes.model_sizes if native and ctx.cuda]
     done = 0
     for size, dtype, b in plan:
@@ -646,15 +749,22 @@ class TimedLoader:
         window = self.t_end - self.t_measure
         sps = self.scans / window
         return {
-            "warmup_steps": self.warmup, "measured_steps": self.measured, "measured_s": window, "scans": self.scans,
-            "scans_per_s": sps, "step_ms": 1e3 * window / self.measured,
-            "data_wait_share": self.wait_s / window, "data_wait_ms_median": 1e3 * statistics.median(self.waits),
+            "warmup_steps": self.warmup,
+            "measured_steps": self.measured,
+            "measured_s": window,
+            "scans": self.scans,
+            "scans_per_s": sps,
+            "step_ms": 1e3 * window / self.measured,
+            "data_wait_share": self.wait_s / window,
+            "data_wait_ms_median": 1e3 * statistics.median(self.waits),
             "data_wait_ms_max": 1e3 * max(self.waits),
             "semantickitti_epoch_s": SEMANTICKITTI_TRAIN_SCANS / sps,
         }
 
 
-def _train_run(role: str, cfg: Any, module: Any, ds: Any, out: Path, seconds: float, ctx: PartContext, eval_view: str) -> dict[str, Any]:
+def _train_run(
+    role: str, cfg: Any, module: Any, ds: Any, out: Path, seconds: float, ctx: PartContext, eval_view: str
+) -> dict[str, Any]:
     import torch
 
     from m2s.labels import load_label_manifest
@@ -664,9 +774,14 @@ def _train_run(role: str, cfg: Any, module: Any, ds: Any, out: Path, seconds: fl
     run_ctx = setup_run(cfg.device)
     amp = amp_dtype(cfg.optim, run_ctx.device)
     info: dict[str, Any] = {
-        "role": role, "device": str(run_ctx.device), "model": f"MinkUNet{cfg.model.size} w{cfg.model.width}",
-        "backend": resolve_auto() if cfg.backend == "auto" else cfg.backend, "amp": str(amp).replace("torch.", "") if amp else "none",
-        "batch_size": cfg.optim.batch_size, "num_workers": cfg.data.num_workers, "voxel_size": cfg.voxel.voxel_size,
+        "role": role,
+        "device": str(run_ctx.device),
+        "model": f"MinkUNet{cfg.model.size} w{cfg.model.width}",
+        "backend": resolve_auto() if cfg.backend == "auto" else cfg.backend,
+        "amp": str(amp).replace("torch.", "") if amp else "none",
+        "batch_size": cfg.optim.batch_size,
+        "num_workers": cfg.data.num_workers,
+        "voxel_size": cfg.voxel.voxel_size,
         "dataset_scans": len(ds),
     }
     t0 = time.perf_counter()
@@ -710,16 +825,33 @@ def part_train(ctx: PartContext) -> None:
     try:
         workers = os.cpu_count() or 1
         t0 = time.perf_counter()
-        synth = SynthConfig(sequences=["00"], test_sequences=[], scans=sizes.train_scans, beams=sizes.beams,
-                            columns=sizes.columns, seed=0)
+        synth = SynthConfig(
+            sequences=["00"],
+            test_sequences=[],
+            scans=sizes.train_scans,
+            beams=sizes.beams,
+            columns=sizes.columns,
+            seed=0,
+        )
         generate_dataset(work / "data", synth, workers=workers)
         t1 = time.perf_counter()
         fuse_dataset(work / "data", work / "fused", ["00"], FuseConfig(), labels, workers=workers)
         t2 = time.perf_counter()
         cache = open_fused_cache(work / "fused")
-        ctx.rec.update(stage="training the teacher (warm-up steps first)", data={"scans": len(cache), "beams": sizes.beams, "columns": sizes.columns,
-                             "generate_s": t1 - t0, "fuse_s": t2 - t1})
-        log(f"data: {len(cache)} scans of {sizes.beams}x{sizes.columns} generated in {t1 - t0:.1f} s, fused in {t2 - t1:.1f} s")
+        ctx.rec.update(
+            stage="training the teacher (warm-up steps first)",
+            data={
+                "scans": len(cache),
+                "beams": sizes.beams,
+                "columns": sizes.columns,
+                "generate_s": t1 - t0,
+                "fuse_s": t2 - t1,
+            },
+        )
+        log(
+            f"data: {len(cache)} scans of {sizes.beams}x{sizes.columns} generated in {t1 - t0:.1f} s, "
+            f"fused in {t2 - t1:.1f} s"
+        )
 
         overrides: dict[str, Any] = {"device": device, "epochs": 1, "log_every": 1000, **dict(sizes.config_overrides)}
         if sizes.workers is not None:
@@ -727,8 +859,11 @@ def part_train(ctx: PartContext) -> None:
         configs = ROOT / "pipelines" / "configs"
         t_cfg = build_config(TrainConfig, configs / "full-teacher.yaml", overrides)
         s_cfg = build_config(StudentConfig, configs / "full-student.yaml", overrides)
-        ctx.rec.update(configs=["pipelines/configs/full-teacher.yaml", "pipelines/configs/full-student.yaml"],
-                       overrides=overrides, seconds_per_run=sizes.train_s)
+        ctx.rec.update(
+            configs=["pipelines/configs/full-teacher.yaml", "pipelines/configs/full-student.yaml"],
+            overrides=overrides,
+            seconds_per_run=sizes.train_s,
+        )
 
         def seconds(runs_left: int) -> float:
             # Leave room for each run's set-up (loader workers, warm-up steps, checkpoints).
@@ -748,9 +883,14 @@ def part_train(ctx: PartContext) -> None:
             return
 
         # Student: frozen-teacher distillation (the official terms), as `m2s distill` builds it.
-        teacher = LoadedModel(net=teacher_net, manifest=new_manifest("model", {"gpu_check": "teacher"}, []),
-                              path=work / "teacher", model_cfg=t_cfg.model, voxel=t_cfg.voxel,
-                              device=next(teacher_net.parameters()).device)
+        teacher = LoadedModel(
+            net=teacher_net,
+            manifest=new_manifest("model", {"gpu_check": "teacher"}, []),
+            path=work / "teacher",
+            model_cfg=t_cfg.model,
+            voxel=t_cfg.voxel,
+            device=next(teacher_net.parameters()).device,
+        )
         student = build_model(s_cfg.model, s_cfg.backend)
         s_module = DistillModule(student, SegmentationLoss(s_cfg.loss, None), s_cfg, labels, teacher)
         s_ds = ScanDataset([cache], labels, s_cfg.voxel, s_cfg.distill.views, augment=s_cfg.augment, seed=s_cfg.seed)
@@ -769,7 +909,11 @@ def part_train(ctx: PartContext) -> None:
 
 
 PART_FUNCS: dict[str, Callable[[PartContext], None]] = {
-    "env": part_env, "pytest": part_pytest, "parity": part_parity, "backbone": part_backbone, "train": part_train,
+    "env": part_env,
+    "pytest": part_pytest,
+    "parity": part_parity,
+    "backbone": part_backbone,
+    "train": part_train,
 }
 
 
@@ -781,8 +925,15 @@ def run_part(args: argparse.Namespace) -> int:
         import torch
 
         cuda = args.device == "cuda" and torch.cuda.is_available()
-        ctx = PartContext(device=args.device, cuda=cuda, quick=args.quick, sizes=QUICK if args.quick else FULL,
-                          deadline=Deadline(args.budget), rec=rec, backends=tuple(args.backends.split(",")))
+        ctx = PartContext(
+            device=args.device,
+            cuda=cuda,
+            quick=args.quick,
+            sizes=QUICK if args.quick else FULL,
+            deadline=Deadline(args.budget),
+            rec=rec,
+            backends=tuple(args.backends.split(",")),
+        )
         PART_FUNCS[args.part](ctx)
     except Exception as exc:
         import traceback

@@ -45,22 +45,31 @@ def spconv_native_minkunet(size: int, width: float, in_channels: int = 4, num_cl
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.stem = nn.ModuleList([sps.SubMConv3d(in_channels, cs[0], 3, bias=False, indice_key="s1"),
-                                       sps.SubMConv3d(cs[0], cs[0], 3, bias=False, indice_key="s1")])
+            self.stem = nn.ModuleList(
+                [
+                    sps.SubMConv3d(in_channels, cs[0], 3, bias=False, indice_key="s1"),
+                    sps.SubMConv3d(cs[0], cs[0], 3, bias=False, indice_key="s1"),
+                ]
+            )
             self.stem_bn = nn.ModuleList([nn.BatchNorm1d(cs[0]), nn.BatchNorm1d(cs[0])])
             self.down, self.down_bn, self.down_blocks = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
             for i in range(4):
                 cin, cout, stride = cs[i], cs[i + 1], 2 ** (i + 1)
                 self.down.append(sps.SparseConv3d(cin, cin, 2, stride=2, bias=False, indice_key=f"d{stride}"))
                 self.down_bn.append(nn.BatchNorm1d(cin))
-                self.down_blocks.append(nn.Sequential(*[Res(cin if j == 0 else cout, cout, f"s{stride}") for j in range(nb[i])]))
+                self.down_blocks.append(
+                    nn.Sequential(*[Res(cin if j == 0 else cout, cout, f"s{stride}") for j in range(nb[i])])
+                )
             self.up, self.up_bn, self.up_blocks = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
             for i in range(4):
                 cin, cskip, cout, stride = cs[4 + i], cs[3 - i], cs[5 + i], 2 ** (4 - i)
                 self.up.append(sps.SparseInverseConv3d(cin, cout, 2, indice_key=f"d{stride}", bias=False))
                 self.up_bn.append(nn.BatchNorm1d(cout))
-                self.up_blocks.append(nn.Sequential(*[Res(cout + cskip if j == 0 else cout, cout, f"s{stride // 2}")
-                                                      for j in range(nb[4 + i])]))
+                self.up_blocks.append(
+                    nn.Sequential(
+                        *[Res(cout + cskip if j == 0 else cout, cout, f"s{stride // 2}") for j in range(nb[4 + i])]
+                    )
+                )
             self.classifier = nn.Linear(cs[8], num_classes)
 
         def forward(self, x: Any) -> Any:
@@ -69,13 +78,13 @@ def spconv_native_minkunet(size: int, width: float, in_channels: int = 4, num_cl
             shape = (((xyz.max(0).values + 1 + 15) // 16) * 16).tolist()
             idx = torch.cat([c[:, :1], xyz], 1).int().contiguous()
             h = sps.SparseConvTensor(x.feats, idx, shape, int(c[:, 0].max()) + 1)
-            for conv, bn in zip(self.stem, self.stem_bn):
+            for conv, bn in zip(self.stem, self.stem_bn, strict=True):
                 h = bn_relu(conv(h), bn)
             skips = [h]
-            for conv, bn, blocks in zip(self.down, self.down_bn, self.down_blocks):
+            for conv, bn, blocks in zip(self.down, self.down_bn, self.down_blocks, strict=True):
                 h = blocks(bn_relu(conv(h), bn))
                 skips.append(h)
-            for i, (conv, bn, blocks) in enumerate(zip(self.up, self.up_bn, self.up_blocks)):
+            for i, (conv, bn, blocks) in enumerate(zip(self.up, self.up_bn, self.up_blocks, strict=True)):
                 up = bn_relu(conv(h), bn)  # lands on the skip's indices, in the skip's row order
                 h = blocks(up.replace_feature(torch.cat([up.features, skips[3 - i].features], 1)))
             return self.classifier(h.features)

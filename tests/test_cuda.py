@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from parity_helpers import aligned, rel_err, scan_input, shuffled
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -34,7 +33,7 @@ DEV = "cuda"
 CUDA = torch.device(DEV)
 
 
-def cuda_backend(name: str):  # type: ignore[no-untyped-def]
+def cuda_backend(name: str):
     """The backend `name` if it has CUDA kernels here, else a skip naming why."""
     from m2s.sparse import get_backend, minkowski_status, spconv_status
 
@@ -48,14 +47,14 @@ def cuda_backend(name: str):  # type: ignore[no-untyped-def]
         ok, why = minkowski_status()
         if not ok:
             pytest.skip(f"MinkowskiEngine not installed: {why}")
-        import MinkowskiEngine as ME  # noqa: N817
+        import MinkowskiEngine as ME
 
         if DEV == "cuda" and not getattr(ME, "is_cuda_available", lambda: False)():
             pytest.skip("MinkowskiEngine is a CPU-only build")
     return get_backend(name)
 
 
-def to_cpu(t):  # type: ignore[no-untyped-def]
+def to_cpu(t):
     from m2s.sparse import SparseTensor
 
     return SparseTensor(t.coords.cpu(), t.feats.detach().cpu(), t.stride)
@@ -84,7 +83,7 @@ def _on_cuda(*objs: object) -> None:
 # ---- each backend's ops ---------------------------------------------------------------------------
 
 
-def _op(be, x, op: str, w: dict[str, torch.Tensor]):  # type: ignore[no-untyped-def]
+def _op(be, x, op: str, w: dict[str, torch.Tensor]):
     h, _ = be.prepare(x)
     if op == "subm":
         return be.subm_conv3(h, w["subm"])
@@ -102,7 +101,11 @@ def test_op_on_cuda_matches_torch_on_cpu(backend: str, op: str) -> None:
     ref_be = get_backend("torch")
     x = shuffled(scan_input(6000, seed=3, voxel=0.1, channels=3), seed=0)
     g = torch.Generator().manual_seed(7)
-    w = {"subm": torch.randn(27, 3, 6, generator=g), "down": torch.randn(8, 3, 5, generator=g), "up": torch.randn(8, 5, 4, generator=g)}
+    w = {
+        "subm": torch.randn(27, 3, 6, generator=g),
+        "down": torch.randn(8, 3, 5, generator=g),
+        "up": torch.randn(8, 5, 4, generator=g),
+    }
     runs = {}
     for name, device, b in (("cpu", "cpu", ref_be), ("cuda", DEV, be)):
         feats = x.feats.to(device).clone().requires_grad_(True)
@@ -118,17 +121,19 @@ def test_op_on_cuda_matches_torch_on_cpu(backend: str, op: str) -> None:
     gy_gpu = aligned(SparseTensor(y_cpu.coords, gy, y_cpu.stride), to_cpu(y_gpu)).to(CUDA)
     (y_gpu.feats * gy_gpu).sum().backward()
     assert rel_err(aligned(to_cpu(y_gpu), y_cpu).cpu(), y_cpu.feats) < RTOL
+    assert f_gpu.grad is not None and f_cpu.grad is not None
     assert rel_err(f_gpu.grad.cpu(), f_cpu.grad) < RTOL
     for k in w_cpu:
-        if w_cpu[k].grad is not None:
-            assert w_gpu[k].grad is not None and w_gpu[k].grad.device.type == DEV
-            assert rel_err(w_gpu[k].grad.cpu(), w_cpu[k].grad) < RTOL, k
+        g_cpu, g_gpu = w_cpu[k].grad, w_gpu[k].grad
+        if g_cpu is not None:
+            assert g_gpu is not None and g_gpu.device.type == DEV
+            assert rel_err(g_gpu.cpu(), g_cpu) < RTOL, k
 
 
 # ---- MinkUNet forward + backward --------------------------------------------------------------------
 
 
-def _minkunet_step(backend, device: str, x, labels):  # type: ignore[no-untyped-def]
+def _minkunet_step(backend, device: str, x, labels):
     """One train-mode step of MinkUNet18 (width 0.5, seed-0 weights): (model, logits, loss)."""
     from m2s.models import ModelConfig, build_model
     from m2s.sparse import SparseTensor
@@ -149,7 +154,7 @@ def scan() -> tuple[object, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def cpu_reference(scan) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:  # type: ignore[no-untyped-def]
+def cpu_reference(scan) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
     torch.backends.cuda.matmul.allow_tf32 = False
     x, labels = scan
     model, logits, loss = _minkunet_step("torch", "cpu", x, labels)
@@ -157,7 +162,7 @@ def cpu_reference(scan) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]: 
 
 
 @pytest.mark.parametrize("backend", ["torch", "spconv", "minkowski"])
-def test_minkunet_forward_backward_on_cuda_matches_cpu(backend: str, scan, cpu_reference) -> None:  # type: ignore[no-untyped-def]
+def test_minkunet_forward_backward_on_cuda_matches_cpu(backend: str, scan, cpu_reference) -> None:
     be = cuda_backend(backend)
     x, labels = scan
     ref_logits, ref_grads, ref_loss = cpu_reference
@@ -177,7 +182,7 @@ def test_minkunet_forward_backward_on_cuda_matches_cpu(backend: str, scan, cpu_r
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("backend", ["torch", "spconv"])  # MinkowskiEngine: no bf16 kernels
-def test_amp_step_on_cuda(backend: str, dtype: str, scan) -> None:  # type: ignore[no-untyped-def]
+def test_amp_step_on_cuda(backend: str, dtype: str, scan) -> None:
     """A mixed-precision optimiser step as the trainer takes it (fp16 through a GradScaler, which
     skips steps whose gradients overflowed and lowers its scale: a few tries are allowed)."""
     from m2s.sparse import SparseTensor
@@ -208,7 +213,9 @@ def test_amp_step_on_cuda(backend: str, dtype: str, scan) -> None:  # type: igno
     assert finite, f"every fp16 step overflowed (scale now {scaler.get_scale()})"
     assert logits.dtype == half
     assert all(g.dtype == torch.float32 for g in grads)
-    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters())), "the optimiser step was skipped"
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True)), (
+        "the optimiser step was skipped"
+    )
     if scaler.is_enabled():
         assert math.isfinite(scaler.get_scale()) and scaler.get_scale() > 0
     assert abs(float(loss.detach()) - float(loss32.detach())) < 0.05 * abs(float(loss32.detach()))
@@ -220,7 +227,7 @@ def test_amp_step_on_cuda(backend: str, dtype: str, scan) -> None:  # type: igno
 
 
 @pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
-def test_trainer_epoch_on_cuda(tiny_data, tmp_path: Path, amp: str) -> None:  # type: ignore[no-untyped-def]
+def test_trainer_epoch_on_cuda(tiny_data, tmp_path: Path, amp: str) -> None:
     from m2s.distill.task import StudentConfig
     from m2s.fuse import open_fused_cache
     from m2s.labels import load_label_manifest
@@ -233,8 +240,12 @@ def test_trainer_epoch_on_cuda(tiny_data, tmp_path: Path, amp: str) -> None:  # 
 
     labels = load_label_manifest()
     cfg = build_config(StudentConfig, tiny_data.config, {"epochs": 1, "optim.amp": amp, "device": DEV})
-    train_ds = ScanDataset([open_fused_cache(tiny_data.train_cache)], labels, cfg.voxel, ("fused",), seed=0, max_scans=4)
-    val_ds = ScanDataset([open_fused_cache(tiny_data.val_cache)], labels, cfg.voxel, ("fused",), keep_original=True, max_scans=2)
+    train_ds = ScanDataset(
+        [open_fused_cache(tiny_data.train_cache)], labels, cfg.voxel, ("fused",), seed=0, max_scans=4
+    )
+    val_ds = ScanDataset(
+        [open_fused_cache(tiny_data.val_cache)], labels, cfg.voxel, ("fused",), keep_original=True, max_scans=2
+    )
     module = SupervisedModule(build_model(cfg.model, "auto"), SegmentationLoss(cfg.loss, None), "fused")
     ctx = engine.setup_run(DEV)
     try:
@@ -253,14 +264,25 @@ def test_trainer_epoch_on_cuda(tiny_data, tmp_path: Path, amp: str) -> None:  # 
 # ---- distillation, both modes ---------------------------------------------------------------------
 
 # Deterministic terms (no sampled graph queries), so the CPU and CUDA steps compute the same loss.
-FROZEN = {"logit_weight": 1.0, "feature_weight": 1.0, "feature_layers": ["down2", "decoder"], "affinity_weight": 1.0,
-          "graph_weight": 0.0}
+FROZEN = {
+    "logit_weight": 1.0,
+    "feature_weight": 1.0,
+    "feature_layers": ["down2", "decoder"],
+    "affinity_weight": 1.0,
+    "graph_weight": 0.0,
+}
 FROZEN_ALL = FROZEN | {"graph_weight": 1.0, "graph_num_queries": 64, "graph_k": 4, "graph_hidden": 8}
-JOINT = {"mode": "joint", "logit_weight": 1.0, "fused_ce_weight": 0.5, "feature_weight": 1.0, "feature_layers": ["down2", "decoder"]}
+JOINT = {
+    "mode": "joint",
+    "logit_weight": 1.0,
+    "fused_ce_weight": 0.5,
+    "feature_weight": 1.0,
+    "feature_layers": ["down2", "decoder"],
+}
 
 
 @pytest.fixture(scope="module")
-def batch(tiny_data):  # type: ignore[no-untyped-def]
+def batch(tiny_data):
     from m2s.distill.task import StudentConfig
     from m2s.fuse import open_fused_cache
     from m2s.labels import load_label_manifest
@@ -268,11 +290,13 @@ def batch(tiny_data):  # type: ignore[no-untyped-def]
     from m2s.train.dataset import ScanDataset, collate_views
 
     voxel = build_config(StudentConfig, tiny_data.config, {}).voxel
-    ds = ScanDataset([open_fused_cache(tiny_data.train_cache)], load_label_manifest(), voxel, ("fused", "single"), seed=0)
+    ds = ScanDataset(
+        [open_fused_cache(tiny_data.train_cache)], load_label_manifest(), voxel, ("fused", "single"), seed=0
+    )
     return collate_views([ds[len(ds) - 1], ds[len(ds) - 3]])
 
 
-def _distill_module(tiny_data, backend: str, distill: dict):  # type: ignore[no-untyped-def]
+def _distill_module(tiny_data, backend: str, distill: dict):
     from m2s.distill.config import DistillConfig
     from m2s.distill.task import DistillModule, StudentConfig
     from m2s.inference import LoadedModel
@@ -289,14 +313,20 @@ def _distill_module(tiny_data, backend: str, distill: dict):  # type: ignore[no-
     teacher = None
     if distill.get("mode") != "joint":
         net = build_model(cfg.model.model_copy(update={"width": 0.75}), backend)
-        teacher = LoadedModel(net=net, manifest=None, path=Path("fake-teacher"),  # type: ignore[arg-type]
-                              model_cfg=net.cfg, voxel=cfg.voxel, device=torch.device("cpu"))
+        teacher = LoadedModel(
+            net=net,
+            manifest=None,  # type: ignore[arg-type]  # the module never reads it
+            path=Path("fake-teacher"),
+            model_cfg=net.cfg,
+            voxel=cfg.voxel,
+            device=torch.device("cpu"),
+        )
     weights = torch.rand(labels.num_classes, generator=torch.Generator().manual_seed(0)) + 0.5
     module = DistillModule(student, SegmentationLoss(cfg.loss, weights.numpy()), cfg, labels, teacher).train()
     return module, (teacher.net if teacher is not None else None)
 
 
-def _distill_step(module, batch):  # type: ignore[no-untyped-def]
+def _distill_step(module, batch):
     module.zero_grad(set_to_none=True)
     loss, terms = module(batch, 0.5)
     loss.backward()
@@ -305,7 +335,7 @@ def _distill_step(module, batch):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("mode", ["frozen", "joint"])
 @pytest.mark.parametrize("backend", ["torch", "spconv"])
-def test_distill_step_on_cuda_matches_cpu(tiny_data, batch, backend: str, mode: str) -> None:  # type: ignore[no-untyped-def]
+def test_distill_step_on_cuda_matches_cpu(tiny_data, batch, backend: str, mode: str) -> None:
     cuda_backend(backend)
     distill = FROZEN if mode == "frozen" else JOINT
     loss_cpu, terms_cpu, grads_cpu = _distill_step(_distill_module(tiny_data, backend, distill)[0], batch)
@@ -319,7 +349,11 @@ def test_distill_step_on_cuda_matches_cpu(tiny_data, batch, backend: str, mode: 
         assert next(teacher_net.parameters()).device.type == DEV  # moved to the batch's device by the module
     assert set(terms) == set(terms_cpu) and len(terms) >= 3, terms
     for k, v in terms.items():
-        assert abs(float(v) - float(terms_cpu[k])) <= 1e-3 * abs(float(terms_cpu[k])) + 1e-6, (k, float(v), float(terms_cpu[k]))
+        assert abs(float(v) - float(terms_cpu[k])) <= 1e-3 * abs(float(terms_cpu[k])) + 1e-6, (
+            k,
+            float(v),
+            float(terms_cpu[k]),
+        )
     assert abs(float(loss.detach()) - float(loss_cpu.detach())) <= 1e-3 * abs(float(loss_cpu.detach()))
     assert set(grads) == set(grads_cpu)
     flat = torch.cat([grads[n].cpu().flatten() for n in grads_cpu])
@@ -327,7 +361,7 @@ def test_distill_step_on_cuda_matches_cpu(tiny_data, batch, backend: str, mode: 
 
 
 @pytest.mark.parametrize("backend", ["torch", "spconv"])
-def test_distill_step_every_term_on_cuda(tiny_data, batch, backend: str) -> None:  # type: ignore[no-untyped-def]
+def test_distill_step_every_term_on_cuda(tiny_data, batch, backend: str) -> None:
     """Every distillation term, the sampled local-graph term included, runs on the GPU."""
     cuda_backend(backend)
     module = _distill_module(tiny_data, backend, FROZEN_ALL)[0].to(CUDA)

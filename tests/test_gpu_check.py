@@ -49,7 +49,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str
 
 
 @slow
-def test_quick_cpu_run_writes_at_most_eight_files(quick_run) -> None:  # type: ignore[no-untyped-def]
+def test_quick_cpu_run_writes_at_most_eight_files(quick_run) -> None:
     out, report, md, _ = quick_run
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= 8, files
@@ -60,7 +60,7 @@ def test_quick_cpu_run_writes_at_most_eight_files(quick_run) -> None:  # type: i
 
 
 @slow
-def test_every_part_runs_and_says_what_needs_cuda(quick_run) -> None:  # type: ignore[no-untyped-def]
+def test_every_part_runs_and_says_what_needs_cuda(quick_run) -> None:
     _, report, md, _ = quick_run
     parts = report["parts"]
     assert parts["env"]["status"] == "ok"
@@ -73,7 +73,7 @@ def test_every_part_runs_and_says_what_needs_cuda(quick_run) -> None:  # type: i
 
 
 @slow
-def test_environment_part(quick_run) -> None:  # type: ignore[no-untyped-def]
+def test_environment_part(quick_run) -> None:
     _, report, _, _ = quick_run
     env = report["parts"]["env"]
     assert env["info"]["cuda_available"] is False and env["info"]["torch"]
@@ -83,7 +83,7 @@ def test_environment_part(quick_run) -> None:  # type: ignore[no-untyped-def]
 
 
 @slow
-def test_pytest_part_collects_the_cuda_tests(quick_run) -> None:  # type: ignore[no-untyped-def]
+def test_pytest_part_collects_the_cuda_tests(quick_run) -> None:
     _, report, _, _ = quick_run
     p = report["parts"]["pytest"]
     counts = p["counts"]
@@ -94,7 +94,7 @@ def test_pytest_part_collects_the_cuda_tests(quick_run) -> None:  # type: ignore
 
 
 @slow
-def test_parity_part_dry_run_numbers(quick_run) -> None:  # type: ignore[no-untyped-def]
+def test_parity_part_dry_run_numbers(quick_run) -> None:
     _, report, md, _ = quick_run
     p = report["parts"]["parity"]
     assert p["dry_run"] is True and p["compared"] == "cpu vs cpu"
@@ -108,7 +108,7 @@ def test_parity_part_dry_run_numbers(quick_run) -> None:  # type: ignore[no-unty
 
 
 @slow
-def test_backbone_part_numbers(quick_run) -> None:  # type: ignore[no-untyped-def]
+def test_backbone_part_numbers(quick_run) -> None:
     _, report, md, _ = quick_run
     p = report["parts"]["backbone"]
     rows = p["results"]
@@ -128,7 +128,7 @@ def test_backbone_part_numbers(quick_run) -> None:  # type: ignore[no-untyped-de
 
 
 @slow
-def test_train_part_numbers(quick_run) -> None:  # type: ignore[no-untyped-def]
+def test_train_part_numbers(quick_run) -> None:
     _, report, md, _ = quick_run
     p = report["parts"]["train"]
     rows = {r["role"]: r for r in p["results"]}
@@ -145,9 +145,23 @@ def test_a_part_stops_at_its_budget_and_says_so(tmp_path: Path) -> None:
     """With no time left, a part measures nothing, stops and reports it (the run still writes its report)."""
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--quick", "--out", str(out),
-         "--parts", "backbone", "--budget", "backbone=0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "benchmarks/gpu_check.py",
+            "--device",
+            "cpu",
+            "--quick",
+            "--out",
+            str(out),
+            "--parts",
+            "backbone",
+            "--budget",
+            "backbone=0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     part = json.loads((out / "gpu-check.json").read_text())["parts"]["backbone"]

@@ -220,10 +220,13 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> int:
             _write(out / RESULT_JSON, json.dumps(report, indent=1, default=str))  # as it goes: a killed run keeps it
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if "env" not in parts:
-        import torch  # the parts decide CUDA themselves; the report needs it too
+    if "env" not in parts:  # the parts decide CUDA themselves; the report needs it too
+        try:
+            import torch
 
-        report["cuda"] = args.device == "cuda" and torch.cuda.is_available()
+            report["cuda"] = args.device == "cuda" and torch.cuda.is_available()
+        except ImportError:
+            report["cuda"] = False
     report["elapsed_s"] = time.perf_counter() - t_start
     _write(out / RESULT_JSON, json.dumps(report, indent=1, default=str))
     md = render_markdown(report)

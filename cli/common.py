@@ -58,11 +58,6 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def not_implemented(stage: str) -> None:
-    err.print(f"[bold red]error:[/] `m2s {stage}` is not implemented yet")
-    raise typer.Exit(1)
-
-
 def progress_bar(label: str, *middle: ProgressColumn | str, console: Console = out, transient: bool = False) -> Progress:
     """The one progress-bar layout of the CLI: label, bar, done/total, extra columns, times."""
     return Progress(

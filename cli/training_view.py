@@ -1,52 +1,51 @@
-"""Rich rendering of a training run: a progress bar fed by engine events, a final IoU table."""
+"""Rich rendering of a training run: a progress bar (a training-loop hook), a final IoU table."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.progress import TextColumn
 from rich.table import Table
 
 from cli.common import progress_bar
-if TYPE_CHECKING:  # the engine imports torch; keep `m2s --help` fast
-    from m2s.train.engine import EventCallback
+from m2s.train.hooks import FitState, Hook, StepInfo
 
 
-@contextmanager
-def training_progress(title: str) -> Iterator[EventCallback]:
-    progress = progress_bar(
-        f"[bold]{title}[/] epoch {{task.fields[epoch]}}",
-        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[sps]:.1f} scans/s"),
-    )
-    task_id = progress.add_task(title, total=1, epoch="-", loss=float("nan"), lr=0.0, sps=0.0)
-    started = False
+class ProgressHook(Hook):
+    """The bar of the current epoch (shown from the first step on: a run refused before it prints
+    no bar) and one line per finished epoch."""
 
-    def on_event(kind: str, payload: dict[str, Any]) -> None:
-        nonlocal started
-        if kind == "epoch_start":
-            progress.reset(task_id, total=payload["batches"], epoch=payload["epoch"], loss=float("nan"), lr=0.0, sps=0.0)
-        elif kind == "step":
-            if not started:  # shown from the first step on: a run refused before it prints no bar
-                progress.start()
-                started = True
-            progress.update(task_id, advance=1, loss=payload["loss"], lr=payload["lr"], sps=payload["scans_per_s"])
-        elif kind == "epoch_end":
-            val = payload.get("val")
-            msg = f"epoch {payload['epoch']}: train loss {payload['train'].get('loss', float('nan')):.4f}"
-            if val:
-                msg += f"  val mIoU {100 * val['miou']:.2f}  hard mIoU {100 * val['hard_miou']:.2f}"
-            dropped = [f"{v['dropped']}/{v['points']} {k}" for k, v in payload.get("out_of_range", {}).items()]
-            if dropped:
-                msg += f"  out-of-range points dropped: {', '.join(dropped)}"
-            progress.console.print(msg)
+    def __init__(self, title: str) -> None:
+        self.progress = progress_bar(
+            f"[bold]{title}[/] epoch {{task.fields[epoch]}}",
+            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[sps]:.1f} scans/s"),
+        )
+        self.task_id = self.progress.add_task(title, total=1, epoch="-", loss=float("nan"), lr=0.0, sps=0.0)
+        self.started = False
 
-    try:
-        yield on_event
-    finally:
-        if started:
-            progress.stop()
+    def before_epoch(self, state: FitState) -> None:
+        self.progress.reset(self.task_id, total=state.batches, epoch=state.epoch, loss=float("nan"), lr=0.0, sps=0.0)
+
+    def after_step(self, state: FitState, step: StepInfo) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        self.progress.update(self.task_id, advance=1, loss=step.values["loss"], lr=step.lr, sps=step.scans_per_s)
+
+    def after_checkpoint(self, state: FitState, record: dict[str, Any]) -> None:
+        val = record.get("val")
+        msg = f"epoch {record['epoch']}: train loss {record['train'].get('loss', float('nan')):.4f}"
+        if val:
+            msg += f"  val mIoU {100 * val['miou']:.2f}  hard mIoU {100 * val['hard_miou']:.2f}"
+        dropped = [f"{v['dropped']}/{v['points']} {k}" for k, v in record.get("out_of_range", {}).items()]
+        if dropped:
+            msg += f"  out-of-range points dropped: {', '.join(dropped)}"
+        self.progress.console.print(msg)
+
+    def close(self) -> None:
+        if self.started:
+            self.progress.stop()
+            self.started = False
 
 
 def iou_table(title: str, val: dict[str, Any] | None) -> Table:
@@ -63,3 +62,14 @@ def iou_table(title: str, val: dict[str, Any] | None) -> Table:
     table.add_row("hard-class mIoU", f"{100 * val['hard_miou']:.2f}")
     table.add_row("accuracy", f"{100 * val['accuracy']:.2f}")
     return table
+
+
+def report_run(role: str, out_dir: Any, manifest: Any, result: Any) -> None:
+    """The end of a training command: up to date, or the validation table and the artifact."""
+    from cli.common import out
+
+    if result is None:
+        out.print(f"[green]up to date:[/] {out_dir} already holds this {role} ({manifest.content_id})")
+        return
+    out.print(iou_table(f"{role} — validation (best epoch {result.best_epoch})", result.last_val))
+    out.print(f"model artifact {manifest.content_id} written to {out_dir}  ({result.scans_per_second:.2f} scans/s)")

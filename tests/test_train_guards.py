@@ -19,6 +19,7 @@ from m2s.artifacts import load_artifact
 from m2s.fuse import open_fused_cache
 from m2s.inference import load_state_dict_file
 from m2s.labels import load_label_manifest
+from m2s.train.hooks import Hook
 
 FAST = ["--epochs", "1", "--backend", "torch", "--device", "cpu"]
 
@@ -75,29 +76,29 @@ def test_class_weights_are_counted_on_the_rows_the_loss_is_on(tiny_data, tmp_pat
         assert not np.allclose(weights[1:], 1.0), "frequency weights are not all ones"
 
 
-def _interrupt_after_first_epoch(kind: str, payload: dict) -> None:
-    if kind == "epoch_end" and payload["epoch"] == 0:
-        raise KeyboardInterrupt  # as a kill right after epoch 0's checkpoint
+class _InterruptAfterFirstEpoch(Hook):
+    def after_checkpoint(self, state, record) -> None:
+        if record["epoch"] == 0:
+            raise KeyboardInterrupt  # as a kill right after epoch 0's checkpoint
 
 
 @pytest.mark.timeout(120)
 def test_resume_restores_the_optimizer_and_continues_exactly(tiny_data, tmp_path):
     from m2s.train.config import TrainConfig, build_config
-    from m2s.train.run import RunSpec, run_training, teacher_module
+    from m2s.train.run import RunOptions, run_teacher
 
     cfg = build_config(TrainConfig, tiny_data.config, {"epochs": 2, "data.max_scans": 4, "backend": "torch", "device": "cpu"})
     labels = load_label_manifest()
 
-    def spec(out: Path) -> RunSpec:
-        return RunSpec(role="teacher", train_view="fused", eval_view="fused", dataset_views=("fused",),
-                       caches=[tiny_data.train_cache], val_caches=[], out=out, extra_config={}, extra_inputs=[])
+    def opts(out: Path, **kw) -> RunOptions:
+        return RunOptions(caches=[tiny_data.train_cache], out=out, **kw)
 
-    run_training(spec(tmp_path / "full"), cfg, labels, teacher_module)
+    run_teacher(cfg, labels, opts(tmp_path / "full"))
     with pytest.raises(KeyboardInterrupt):
-        run_training(spec(tmp_path / "cut"), cfg, labels, teacher_module, on_event=_interrupt_after_first_epoch)
+        run_teacher(cfg, labels, opts(tmp_path / "cut", hooks=[_InterruptAfterFirstEpoch()]))
     ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["optimizer"]["state"], "epoch 0's checkpoint holds the Adam moments"
-    run_training(spec(tmp_path / "cut"), cfg, labels, teacher_module, resume=True)
+    run_teacher(cfg, labels, opts(tmp_path / "cut", resume=True))
     full = load_state_dict_file(tmp_path / "full" / "weights" / "last.safetensors")
     resumed = load_state_dict_file(tmp_path / "cut" / "weights" / "last.safetensors")
     assert full.keys() == resumed.keys()

@@ -20,12 +20,12 @@ a cross-entropy on the voxels whose label fusion changed, weight 0.2).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer, model_validator
 
+from m2s.distill.choices import KdChoice
 from m2s.distill.terms import TERMS, AffinityConfig, FeatureConfig, GraphConfig, LogitConfig, TermConfig
 from m2s.errors import ConfigError
 
@@ -185,13 +185,6 @@ class DistillConfig(BaseModel):
         """Per-term weights at `epoch`, warm-up applied."""
         s = self.weight_scale(epoch)
         return {name: w * s for name, w in self.term_weights().items()}
-
-
-class KdChoice(str, Enum):
-    """`m2s distill --kd`: the config's distillation terms, or none (the baseline student)."""
-
-    config = "config"
-    none = "none"
 
 
 class TeacherChoice(BaseModel):

@@ -13,23 +13,18 @@ from m2s.distill.teachers import pick_teacher
 from m2s.fuse import FusedCache
 from m2s.labels import LabelManifest
 from m2s.models import feature_channels
-from m2s.train.engine import EventCallback, TrainResult
+from m2s.train.engine import TrainResult
 from m2s.train.losses import SegmentationLoss
-from m2s.train.run import RunSpec, check_run_folders, run_training
+from m2s.train.run import RunOptions, RunSpec, check_run_folders, run_training
 
 
 def run_distillation(
     cfg: StudentConfig,
     labels: LabelManifest,
+    opts: RunOptions,
     *,
-    caches: list[Path],
-    val_caches: list[Path],
-    out: Path,
-    teacher: Path | None,
+    teacher: Path | None = None,
     kd: KdChoice | str = KdChoice.config,
-    resume: bool = False,
-    on_event: EventCallback | None = None,
-    tensorboard: Path | None = None,
 ) -> tuple[Manifest, TrainResult | None]:
     """Train a single-scan student: distilled from the frozen `teacher` artifact, from its own
     fused-view branch (``distill.mode: joint``), or with `kd` "none" (or every distillation
@@ -43,7 +38,7 @@ def run_distillation(
     extra_inputs: list[ArtifactInput] = []
     artifact = choice.teacher_artifact
     if artifact is not None:
-        check_run_folders(caches, val_caches, out, artifact)  # kinds first; the teacher's digests next
+        check_run_folders(opts.caches, opts.val_caches, opts.out, artifact)  # kinds first; the teacher's digests next
         loaded = load_teacher(artifact, cfg, labels)
         extra_inputs.append(ArtifactInput(kind="model", id=loaded.manifest.content_id, path=str(artifact)))
     spec = RunSpec(
@@ -51,9 +46,6 @@ def run_distillation(
         train_view="single",
         eval_view="single",
         dataset_views=cfg.distill.views,
-        caches=caches,
-        val_caches=val_caches,
-        out=out,
         extra_config={
             "distill": cfg.distill.model_dump(mode="json"),
             "teacher_id": None if loaded is None else loaded.manifest.content_id,
@@ -65,4 +57,4 @@ def run_distillation(
         # The teacher is picked here, once: none (baseline), the frozen artifact, or joint.
         return DistillModule(net, loss, cfg, labels, pick_teacher(cfg.distill, net, feature_channels(cfg.model), loss, loaded))
 
-    return run_training(spec, cfg, labels, make_module, resume=resume, on_event=on_event, tensorboard=tensorboard)
+    return run_training(spec, cfg, labels, make_module, opts)

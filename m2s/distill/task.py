@@ -36,7 +36,7 @@ from m2s.models import feature_channels
 from m2s.train.config import TrainConfig
 from m2s.train.dataset import Batch, ViewBatch
 from m2s.train.losses import SegmentationLoss
-from m2s.train.run import task_loss
+from m2s.train.task import task_loss
 
 
 class StudentConfig(TrainConfig):

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,9 @@ from m2s.io_utils import atomic_path
 from m2s.labels import LabelManifest
 from m2s.train.config import OptimConfig, TrainConfig
 from m2s.train.dataset import ScanDataset, ViewBatch, collate_views
+from m2s.train.hooks import FitState, Hook, JsonlLog, StepInfo
 from m2s.inference import fill_unpredicted, view_to_sparse
 
-EventCallback = Callable[[str, dict[str, Any]], None]
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 
@@ -225,15 +225,16 @@ class Trainer:
         ctx: RunContext,
         *,
         eval_view: str,
-        on_event: EventCallback | None = None,
+        hooks: list[Hook] | None = None,
     ) -> None:
         self.cfg = cfg
         self.ctx = ctx
         self.labels = labels
         self.out_dir = Path(out_dir)
         self.eval_view = eval_view
-        # Only rank 0 reports progress; the other ranks train silently.
-        self.on_event = on_event if (on_event is not None and ctx.is_main) else (lambda kind, payload: None)
+        # The artifact's log first, then the caller's hooks; only rank 0 runs any (the other
+        # ranks train silently).
+        self.hooks: list[Hook] = [JsonlLog(self.out_dir / "log.jsonl", cfg.log_every), *(hooks or [])] if ctx.is_main else []
         self.module = module.to(ctx.device)
         if cfg.sync_bn and ctx.distributed:
             self.module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
@@ -330,46 +331,42 @@ class Trainer:
         result.last_val = vals[-1] if vals else None
         return int(state["epoch"]), int(state["step"])
 
-    def _log(self, record: dict[str, Any]) -> None:
-        if not self.ctx.is_main:
-            return
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-    def _trim_log(self, after_step: int) -> None:
-        """On resume, drop log lines the killed run wrote after its last checkpoint."""
-        if not self.ctx.is_main or not self.log_path.is_file():
-            return
-        kept = [ln for ln in self.log_path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= after_step]
-        with atomic_path(self.log_path) as tmp:
-            tmp.write_text("".join(k + "\n" for k in kept))
+    def _call(self, method: str, *args: Any) -> None:
+        for hook in self.hooks:
+            getattr(hook, method)(*args)
 
     # -- the loop --
-    def fit(self, *, resume: bool = False, on_best: Callable[[int], None] | None = None) -> TrainResult:
+    def fit(self, *, resume: bool = False) -> TrainResult:
+        """Train from scratch (or, `resume`, from the last checkpoint) to the last epoch; the
+        hooks are closed whatever happens."""
+        try:
+            return self._fit(resume)
+        finally:
+            self._call("close")
+
+    def _fit(self, resume: bool) -> TrainResult:
         torch.manual_seed(self.cfg.seed)
         result = TrainResult()
         start_epoch, step = 0, 0
         if resume:
             start_epoch, step = self.load_checkpoint(result)
             result.resumed_from_epoch = start_epoch
-            self._trim_log(step)
         else:
-            if self.ctx.is_main and self.log_path.exists():
-                self.log_path.unlink()
             # A checkpoint before the first step: a run that diverges at once is still resumable.
             self.save_checkpoint(0, 0, result)
-        self.on_event(
-            "start",
-            {"epochs": self.cfg.epochs, "start_epoch": start_epoch, "batches": len(self.train_loader), "history": list(result.history)},
-        )
+        state = FitState(
+            epochs=self.cfg.epochs, start_epoch=start_epoch, batches=len(self.train_loader), result=result,
+            epoch=start_epoch, step=step, resumed=resume,
+        )  # fmt: skip
+        self._call("before_fit", state)
         accum = self.cfg.optim.accumulate
         scan_times: list[float] = []
         for epoch in range(start_epoch, self.cfg.epochs):
             self.module.train()
             self.sampler.set_epoch(epoch)
             self.train_ds.set_epoch(epoch)
-            self.on_event("epoch_start", {"epoch": epoch, "batches": len(self.train_loader)})
+            state.epoch, state.is_best = epoch, False
+            self._call("before_epoch", state)
             sums: dict[str, float] = {}
             count = 0
             t_epoch = time.perf_counter()
@@ -378,6 +375,7 @@ class Trainer:
             n_batches = len(self.train_loader)
             dropped: dict[str, list[int]] = {}
             for bi, batch in enumerate(_batches(self.train_loader)):
+                self._call("before_step", state)
                 count_out_of_range(batch, dropped)
                 batch = batch.to(self.ctx.device)
                 progress = epoch + bi / max(n_batches, 1)
@@ -386,7 +384,7 @@ class Trainer:
                 if not torch.isfinite(loss):
                     bad = {k: float(v) for k, v in terms.items()}
                     ckpt = self.ckpt_dir / LAST_CHECKPOINT
-                    self._log({"event": "diverged", "epoch": epoch, "step": step, "terms": bad})
+                    self._call("on_diverged", state, {"event": "diverged", "epoch": epoch, "step": step, "terms": bad})
                     raise TrainingDiverged(
                         f"non-finite loss at epoch {epoch} step {step} (terms {bad}); the run stopped. "
                         f"Last good checkpoint: {ckpt} — lower the learning rate, then rerun with --resume"
@@ -402,6 +400,7 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scheduler.step()
                     step += 1
+                    state.step = step
                 scans += len(batch.samples) * self.ctx.world_size
                 count += 1
                 values = {"loss": float(loss.detach())} | {k: float(v) for k, v in terms.items()}
@@ -409,12 +408,7 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 elapsed = time.perf_counter() - t_epoch
                 lr = self.optimizer.param_groups[0]["lr"]
-                if step % self.cfg.log_every == 0 or last_of_epoch:
-                    self._log({"event": "step", "epoch": epoch, "step": step, "lr": lr, **values})
-                self.on_event(
-                    "step",
-                    {"epoch": epoch, "batch": bi, "loss": values["loss"], "lr": lr, "scans_per_s": scans / max(elapsed, 1e-9)},
-                )
+                self._call("after_step", state, StepInfo(bi, values, lr, scans / max(elapsed, 1e-9), last_of_epoch))
             epoch_time = time.perf_counter() - t_epoch
             scan_times.append(scans / max(epoch_time, 1e-9))
             if self.ctx.distributed:  # the counts of every rank's share of the epoch
@@ -437,15 +431,15 @@ class Trainer:
                     result.last_val = val
                     if not (val["miou"] <= result.best_miou):  # first, or better
                         result.best_miou, result.best_epoch = val["miou"], epoch
-                        if on_best is not None:
-                            on_best(epoch)
+                        state.is_best = True
                 if self.ctx.distributed:
                     dist.barrier()
             result.history.append(record)
-            self._log(record)
+            self._call("after_epoch", state, record)
             self.save_checkpoint(epoch + 1, step, result)
-            self.on_event("epoch_end", record)
+            self._call("after_checkpoint", state, record)
         result.scans_per_second = float(np.median(scan_times)) if scan_times else float("nan")
+        self._call("after_fit", state)
         return result
 
     @property

@@ -236,6 +236,12 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> int:
     failed = [p for p, d in report["parts"].items() if str(d.get("status", "")).startswith(("failed", "killed"))]
     if report.get("wheels") and str(report["wheels"]["status"]).startswith("failed"):
         failed.append("wheels")
+    if args.device == "cuda" and not report["cuda"]:
+        # Asked to check a GPU and none was visible: the dry run above is no GPU check.
+        print("error: --device cuda, but torch sees no CUDA device (use --device cpu for a dry run)", file=sys.stderr)
+        failed.append("cuda")
+    if failed:
+        print(f"gpu-check: not passed ({', '.join(failed)})", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -169,6 +169,23 @@ def test_a_part_stops_at_its_budget_and_says_so(tmp_path: Path) -> None:
     assert not part.get("results")
 
 
+def test_asking_for_cuda_without_one_fails_after_the_dry_run(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--quick", "--out", str(tmp_path), "--parts", "env"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "torch sees no CUDA device" in proc.stderr
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert report["cuda"] is False and report["parts"]["env"]["status"] == "ok (no CUDA seen)"
+
+
 def _probe_wheel(folder: Path) -> None:
     """A one-module wheel, stored as .whl.xz as scripts/gpu_wheels.sh stores the large ones."""
     name, version = "m2s_gpu_check_probe", "0.1"

@@ -198,7 +198,7 @@ def verify_files(folder: str | Path, manifest: Manifest) -> list[str]:
     workers = max(1, min(len(to_hash), os.cpu_count() or 1, _HASH_THREADS))
     with ThreadPoolExecutor(workers) as pool:
         digests = pool.map(lambda i: sha256_file(folder / manifest.files[i].path), to_hash)
-        for i, digest in zip(to_hash, digests):
+        for i, digest in zip(to_hash, digests, strict=True):
             if digest != manifest.files[i].sha256:
                 problems[i] = f"{manifest.files[i].path}: sha256 mismatch"
     return [problems[i] for i in sorted(problems)]
@@ -241,4 +241,6 @@ def check_output_folder(out: str | Path, kind: str) -> None:
     found = readable_manifest(out)
     if found is not None and found.kind != kind:
         article = "an" if kind[0] in "aeiou" else "a"
-        raise ArtifactError(f"{Path(out)}: holds a {found.kind} artifact, not {article} {kind}; choose another output folder")
+        raise ArtifactError(
+            f"{Path(out)}: holds a {found.kind} artifact, not {article} {kind}; choose another output folder"
+        )

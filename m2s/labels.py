@@ -53,7 +53,7 @@ class LabelManifest(BaseModel):
     hard_raw_ids: list[int] = []
 
     @model_validator(mode="after")
-    def _check_consistency(self) -> "LabelManifest":
+    def _check_consistency(self) -> LabelManifest:
         missing = sorted(set(self.labels) - set(self.learning_map))
         if missing:
             raise ValueError(f"raw ids without a learning_map entry: {missing}")
@@ -86,9 +86,7 @@ class LabelManifest(BaseModel):
 
     @cached_property
     def evaluated_train_ids(self) -> np.ndarray:
-        return np.array(
-            [i for i in range(self.num_classes) if not self.learning_ignore.get(i, False)], dtype=np.int64
-        )
+        return np.array([i for i in range(self.num_classes) if not self.learning_ignore.get(i, False)], dtype=np.int64)
 
     @cached_property
     def raw_to_train_lut(self) -> np.ndarray:

@@ -10,11 +10,12 @@ import typer
 from rich.progress import TextColumn
 from rich.table import Table
 
+from cli.choices import CheckpointChoice
 from cli.common import err, handle_errors, out, progress_bar
 from m2s.errors import BackendUnavailable, ConfigError
 
 if TYPE_CHECKING:
-    from m2s.evaluation import EvaluationReport
+    from m2s.evaluation import EvaluationReport, ScanSource
 
 
 class InputChoice(str, Enum):
@@ -61,7 +62,7 @@ def _delta(value: float | None, improved: bool | None, unit: str) -> str:
     return f"[green]{text}[/]" if improved else f"[red]{text}[/]"
 
 
-def render_table(report: "EvaluationReport") -> Table:
+def render_table(report: EvaluationReport) -> Table:
     """Side-by-side table: IoU per class and summaries per model, with the difference to the first
     model (green: better, red: worse; for IoU that is the sign, for ms/scan lower is better)."""
     from m2s.evaluation import comparison_rows
@@ -94,14 +95,18 @@ def render_table(report: "EvaluationReport") -> Table:
 
 @handle_errors
 def evaluate(
-    models: list[Path] = typer.Argument(..., help="Model artifact folder(s); the first is the reference for differences."),
+    models: list[Path] = typer.Argument(
+        ..., help="Model artifact folder(s); the first is the reference for differences."
+    ),
     data: Path | None = typer.Option(None, "--data", help="SemanticKITTI-layout root (raw single scans)."),
     sequences: str | None = typer.Option(
         None, "--sequences", help="With --data: sequences, e.g. '08' or '11-21' (default: the manifest's valid split)."
     ),
     cache: Path | None = typer.Option(None, "--cache", help="Fused cache to evaluate on (instead of --data)."),
     input_kind: InputChoice = typer.Option(
-        InputChoice.auto, "--input", help="With --cache: feed models the single scan or the fused block (auto: what each model was trained on)."
+        InputChoice.auto,
+        "--input",
+        help="With --cache: feed models the single scan or the fused block (auto: what each model was trained on).",
     ),
     out_dir: Path = typer.Option(..., "--out", help="Output folder (an `evaluation` artifact)."),
     export_labels: bool = typer.Option(
@@ -111,14 +116,24 @@ def evaluate(
         "checked like the official validate_submission.py (works for unlabeled test sequences).",
     ),
     description: str | None = typer.Option(
-        None, "--description", help="With --export-labels: the text of the zip's description.txt (default: model name and artifact id)."
+        None,
+        "--description",
+        help="With --export-labels: the text of the zip's description.txt (default: model name and artifact id).",
     ),
     backend: BackendChoice = typer.Option(BackendChoice.auto, "--backend", help="Sparse-convolution backend."),
     device: DeviceChoice = typer.Option(DeviceChoice.auto, "--device", help="Inference device."),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Scans per forward pass (default: 4 on cuda, 1 on cpu)."),
-    labels_path: Path | None = typer.Option(None, "--labels", help="Label manifest YAML (default: the shipped SemanticKITTI one)."),
-    max_scans: int | None = typer.Option(None, "--max-scans", min=1, help="Evaluate only the first N scans (smoke tests)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="Which checkpoint of each model artifact to load."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Scans per forward pass (default: 4 on cuda, 1 on cpu)."
+    ),
+    labels_path: Path | None = typer.Option(
+        None, "--labels", help="Label manifest YAML (default: the shipped SemanticKITTI one)."
+    ),
+    max_scans: int | None = typer.Option(
+        None, "--max-scans", min=1, help="Evaluate only the first N scans (smoke tests)."
+    ),
+    checkpoint: CheckpointChoice = typer.Option(
+        CheckpointChoice.best, "--checkpoint", help="Which checkpoint of each model artifact to load."
+    ),
 ) -> None:
     """Evaluate model(s) with the official SemanticKITTI metrics (mIoU, per-class IoU, accuracy), plus
     hard-class mIoU, IoU by distance and speed; writes metrics.json, a CSV and plots."""
@@ -144,15 +159,17 @@ def evaluate(
         load_artifact(cache, "fused-cache")
     check_output_folder(out_dir, "evaluation")
     labels = load_label_manifest(labels_path)
+    source: ScanSource
     if data is not None:
         seqs = parse_sequence_list(sequences) if sequences else labels.split_sequences("valid")
         source = KittiScanSource(data, seqs, labels)
     else:
+        assert cache is not None  # exactly one of --data / --cache, checked above
         try:
             from m2s.fuse import open_fused_cache
         except ImportError as exc:
             raise ConfigError(f"fused-cache reading is unavailable in this build: {exc}") from None
-        source = FusedCacheSource(open_fused_cache(cache), cache, labels)  # type: ignore[arg-type]
+        source = FusedCacheSource(open_fused_cache(cache), cache, labels)
 
     try:
         from m2s.inference import Predictor, load_model_artifact
@@ -163,7 +180,7 @@ def evaluate(
     dev = _resolve_device(device)
     entries = []
     for path in models:
-        loaded = load_model_artifact(path, backend=backend.value, device=dev, checkpoint=checkpoint)
+        loaded = load_model_artifact(path, backend=backend.value, device=dev, checkpoint=checkpoint.value)
         entries.append(
             ModelUnderTest(
                 name=loaded.name,
@@ -200,7 +217,7 @@ def evaluate(
     for name, m in report.models.items():
         if m.exported_to:
             out.print(f"predictions of {name}: {out_dir / m.exported_to} ({m.scans_predicted} scans)")
-    for name, check in outcome.submissions.items():
+    for check in outcome.submissions.values():
         style = "green" if check.full else "yellow"
         out.print(f"[{style}]{check.path}: valid benchmark layout, {check.summary()}[/]")
     out.print(f"[green]evaluation {outcome.manifest.content_id} written to {out_dir}[/]")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 from pydantic import ValidationError
@@ -29,7 +28,7 @@ class AlignChoice(str, Enum):
 def _make_config(**kwargs: object) -> FuseConfig:
     try:
         knobs = {"iterations": kwargs.pop("icp_iterations"), "min_points": kwargs.pop("icp_min_points")}
-        return FuseConfig(icp=IcpConfig(**knobs), planar=PlanarConfig(**knobs), **kwargs)  # type: ignore[arg-type]
+        return FuseConfig(icp=IcpConfig(**knobs), planar=PlanarConfig(**knobs), **kwargs)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(map(str, first["loc"])) or "config"
@@ -44,11 +43,11 @@ def fuse(
     window: int = typer.Option(4, "--window", "-k", help="Neighbour scans admitted on each side (frames)."),
     future: bool = typer.Option(False, "--future", help="Also fuse from the following scans."),
     align: AlignChoice = typer.Option(AlignChoice.auto, "--align", help="Alignment of fused instances."),
-    hard_classes: Optional[str] = typer.Option(
+    hard_classes: str | None = typer.Option(
         None, "--hard-classes", help="Comma-separated train-class names (default: the label manifest's)."
     ),
     workers: int = typer.Option(1, "--workers", "-j", help="Sequences fused in parallel (processes)."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Label manifest YAML (default: shipped)."),
+    labels: Path | None = typer.Option(None, "--labels", help="Label manifest YAML (default: shipped)."),
     moving_threshold: float = typer.Option(
         0.5, "--moving-threshold", help="auto: extremes' displacement (m) above which a static-labelled instance moves."
     ),
@@ -96,8 +95,9 @@ def fuse(
     m = result.manifest
     if result.up_to_date:
         out.print(f"[green]up to date[/]: {out_dir} already holds this fused cache ({m.content_id}); nothing to do")
-    table = Table(title=f"fused cache {m.content_id} (align={cfg.align}, window={cfg.window}"
-                  f"{', future' if cfg.future else ''})")
+    table = Table(
+        title=f"fused cache {m.content_id} (align={cfg.align}, window={cfg.window}{', future' if cfg.future else ''})"
+    )
     table.add_column("hard class")
     table.add_column("instances", justify="right")
     table.add_column("pts/instance single", justify="right")
@@ -113,7 +113,9 @@ def fuse(
         )
     out.print(table)
     if not result.up_to_date:
-        skipped = f", kept {len(result.skipped)} completed earlier ({', '.join(result.skipped)})" if result.skipped else ""
+        skipped = (
+            f", kept {len(result.skipped)} completed earlier ({', '.join(result.skipped)})" if result.skipped else ""
+        )
         out.print(
             f"wrote {len(result.written)} sequence file(s){skipped}: {m.metrics['scans']} scans, "
             f"{m.metrics['rows']} rows, {m.metrics['bytes'] / 2**20:.1f} MiB -> {out_dir}"

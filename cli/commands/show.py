@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from cli.choices import CheckpointChoice
 from cli.common import handle_errors, out
 from m2s.errors import ConfigError
 
@@ -23,7 +24,9 @@ def _parse_frames(text: str) -> list[int]:
             else:
                 frames.append(int(part))
         except ValueError:
-            raise typer.BadParameter(f"--frames: {part!r} is not a frame number or range (e.g. 10,20 or 10-12)") from None
+            raise typer.BadParameter(
+                f"--frames: {part!r} is not a frame number or range (e.g. 10,20 or 10-12)"
+            ) from None
     if not frames or min(frames) < 0:
         raise typer.BadParameter("--frames needs frame numbers >= 0, e.g. 10,20")
     return list(dict.fromkeys(frames))
@@ -68,17 +71,29 @@ def show(
     cache: Path | None = typer.Option(None, "--cache", help="Fused cache: the fused view, and the scans themselves."),
     models: list[Path] = typer.Option([], "--model", help="Model artifact(s) whose predictions to show (repeatable)."),
     views: str = typer.Option("bev,range,fused", "--views", help="Comma list of bev, range, fused, crops."),
-    crops: bool = typer.Option(False, "--crops", help="Also a crop around each hard-class instance (the `crops` view)."),
+    crops: bool = typer.Option(
+        False, "--crops", help="Also a crop around each hard-class instance (the `crops` view)."
+    ),
     extent: float = typer.Option(50.0, "--extent", min=1.0, help="Bird's-eye view: half-width of the square, metres."),
     resolution: float = typer.Option(0.125, "--resolution", min=0.01, help="Bird's-eye view: metres per pixel."),
     point_px: int = typer.Option(1, "--point-px", min=1, max=5, help="Bird's-eye view: pixels per point side."),
-    range_shape: str | None = typer.Option(None, "--range-shape", help="Range image BEAMSxCOLUMNS (default: the dataset's sensor, else 64x2048)."),
-    fov: str | None = typer.Option(None, "--fov", help="Range image vertical field of view UP,DOWN degrees (default: the sensor's, else 3,-25)."),
-    max_crops: int = typer.Option(8, "--max-crops", min=1, help="At most this many instances per frame (largest first)."),
+    range_shape: str | None = typer.Option(
+        None, "--range-shape", help="Range image BEAMSxCOLUMNS (default: the dataset's sensor, else 64x2048)."
+    ),
+    fov: str | None = typer.Option(
+        None, "--fov", help="Range image vertical field of view UP,DOWN degrees (default: the sensor's, else 3,-25)."
+    ),
+    max_crops: int = typer.Option(
+        8, "--max-crops", min=1, help="At most this many instances per frame (largest first)."
+    ),
     backend: str = typer.Option("auto", "--backend", help="auto|torch|minkowski|spconv"),
     device: str = typer.Option("cpu", "--device", help="cpu|cuda"),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="Which checkpoint of each model artifact to load."),
-    labels_path: Path | None = typer.Option(None, "--labels", help="Label manifest YAML (default: the shipped SemanticKITTI one)."),
+    checkpoint: CheckpointChoice = typer.Option(
+        CheckpointChoice.best, "--checkpoint", help="Which checkpoint of each model artifact to load."
+    ),
+    labels_path: Path | None = typer.Option(
+        None, "--labels", help="Label manifest YAML (default: the shipped SemanticKITTI one)."
+    ),
 ) -> None:
     """Render frames as PNGs: bird's-eye and range views in the official SemanticKITTI colours,
     ground truth beside each model's prediction and its errors, fused blocks by source frame."""
@@ -103,7 +118,7 @@ def show(
         updates |= {"fov_up_deg": fov_pair[0], "fov_down_deg": fov_pair[1]}
     try:
         geometry = RangeGeometry.model_validate(geometry.model_dump() | updates)
-        cfg = ShowConfig(views=view_list, extent_m=extent, resolution_m=resolution, point_px=point_px,  # type: ignore[arg-type]
+        cfg = ShowConfig(views=view_list, extent_m=extent, resolution_m=resolution, point_px=point_px,
                          range=geometry, max_crops=max_crops)  # fmt: skip
     except ValueError as exc:
         raise ConfigError(f"invalid rendering options: {exc}") from None
@@ -111,7 +126,10 @@ def show(
     if models:
         from m2s.inference import Predictor, load_model_artifact
 
-        predictors = [Predictor(load_model_artifact(m, backend=backend, device=device, checkpoint=checkpoint)) for m in models]  # type: ignore[arg-type]
+        predictors = [
+            Predictor(load_model_artifact(m, backend=backend, device=device, checkpoint=checkpoint.value))
+            for m in models
+        ]
     colors = class_colors(labels)
     for frame in load_frames(labels, sequence, frame_list, data=data, cache=cache, predictors=predictors):
         t0 = time.perf_counter()

@@ -16,11 +16,12 @@ import hashlib
 import itertools
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 
@@ -42,9 +43,7 @@ def read_scan(path: str | Path) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(f"scan file missing: {path}") from None
     if len(raw) % 16:
-        raise DataError(
-            f"{path}: size {len(raw)} bytes is not a multiple of 16 (4 float32 per point); truncated?"
-        )
+        raise DataError(f"{path}: size {len(raw)} bytes is not a multiple of 16 (4 float32 per point); truncated?")
     points = np.frombuffer(raw, dtype=POINT_DTYPE).reshape(-1, 4)
     if not np.isfinite(points).all():
         bad = int((~np.isfinite(points).all(axis=1)).sum())
@@ -251,9 +250,18 @@ class Sequence:
         points = self.read_scan(frame)
         return points, self.read_labels(frame, expected_count=points.shape[0])
 
+    # Labels are never None when asked for: the overloads let callers use them without a check.
+    @overload
+    def iter_scans(
+        self, frames: Iterable[int] | None = None, *, labels: Literal[True] = True, prefetch: int = 4
+    ) -> Generator[tuple[int, np.ndarray, np.ndarray], None, None]: ...
+    @overload
+    def iter_scans(
+        self, frames: Iterable[int] | None = None, *, labels: bool, prefetch: int = 4
+    ) -> Generator[tuple[int, np.ndarray, np.ndarray | None], None, None]: ...
     def iter_scans(
         self, frames: Iterable[int] | None = None, *, labels: bool = True, prefetch: int = 4
-    ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    ) -> Generator[tuple[int, np.ndarray, np.ndarray | None], None, None]:
         """Yield ``(frame, points, labels)`` in order (labels None when `labels` is False).
 
         Up to `prefetch` scans are read ahead by one background thread (file reads release the

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -127,7 +128,7 @@ class ConfusionAccumulator:
             raise DataError(f"{pred.shape[0]} predictions for {gt.shape[0]} ground-truth points")
         self._conf += np.bincount(pred * c + gt, minlength=c * c).reshape(c, c)
 
-    def merge(self, other: "ConfusionAccumulator") -> "ConfusionAccumulator":
+    def merge(self, other: ConfusionAccumulator) -> ConfusionAccumulator:
         """Add another accumulator's counts into this one (e.g. per-worker or per-sequence); returns self."""
         if other.num_classes != self.num_classes or not np.array_equal(other.ignore, self.ignore):
             raise DataError("cannot merge confusion accumulators with different classes or ignore sets")
@@ -151,7 +152,7 @@ def horizontal_distance(points: np.ndarray) -> np.ndarray:
 def band_labels(edges: Sequence[float]) -> list[str]:
     """Human names of the bands, e.g. ``['0-10 m', ..., '50+ m']``."""
     e = [float(x) for x in edges]
-    names = [f"{_fmt(a)}-{_fmt(b)} m" for a, b in zip(e[:-1], e[1:])]
+    names = [f"{_fmt(a)}-{_fmt(b)} m" for a, b in pairwise(e)]
     return names + [f"{_fmt(e[-1])}+ m"]
 
 
@@ -200,7 +201,7 @@ class BandedConfusion:
         flat = (band * c + pred) * c + gt
         self._conf += np.bincount(flat, minlength=self.num_bands * c * c).reshape(self.num_bands, c, c)
 
-    def merge(self, other: "BandedConfusion") -> "BandedConfusion":
+    def merge(self, other: BandedConfusion) -> BandedConfusion:
         if other._conf.shape != self._conf.shape or not np.array_equal(other.edges, self.edges):
             raise DataError("cannot merge banded confusions with different bands or classes")
         self._conf += other._conf

@@ -51,19 +51,25 @@ def plot_class_iou(report: EvaluationReport, path: str | Path) -> Path:
     for i, c in enumerate(classes):
         if c in hard:
             ax.axvspan(i - 0.5, i + 0.5, color=HARD_SHADE, zorder=0, lw=0)
-    for k, (m, color) in enumerate(zip(models, _colors(n))):
+    for k, (m, color) in enumerate(zip(models, _colors(len(models)), strict=True)):
         vals = [100.0 * m.iou.get(c, 0.0) for c in classes]
         miou = f"{100 * m.miou:.1f}" if m.miou is not None else "n/a"
         hard_miou = f"{100 * m.hard_miou:.1f}" if m.hard_miou is not None else "n/a"
-        ax.bar(x - 0.4 + (k + 0.5) * width, vals, width, color=color, zorder=2,
-               label=f"{m.name}  (mIoU {miou}, hard {hard_miou})")
+        ax.bar(
+            x - 0.4 + (k + 0.5) * width,
+            vals,
+            width,
+            color=color,
+            zorder=2,
+            label=f"{m.name}  (mIoU {miou}, hard {hard_miou})",
+        )
     if models:
         for i, c in enumerate(classes):
             if not any(m.present.get(c, True) for m in models):
                 ax.text(i, 1.5, "no GT", ha="center", va="bottom", fontsize=7, color="0.4", rotation=90)
     ax.set_xticks(x)
     ax.set_xticklabels(classes, rotation=45, ha="right")
-    for tick, c in zip(ax.get_xticklabels(), classes):
+    for tick, c in zip(ax.get_xticklabels(), classes, strict=True):
         if c in hard:
             tick.set_color(HARD_COLOR)
             tick.set_fontweight("bold")
@@ -102,10 +108,17 @@ def plot_confusion(report: EvaluationReport, model: str, path: str | Path, train
             tick.set_color(HARD_COLOR)
             tick.set_fontweight("bold")
     rows, cols = np.nonzero(np.nan_to_num(norm) >= 0.01)  # annotate only cells that carry mass
-    for r, c in zip(rows, cols):
+    for r, c in zip(rows, cols, strict=True):
         v = norm[r, c]
-        ax.text(c, r, f"{100 * v:.0f}", ha="center", va="center", fontsize=6,
-                color="white" if v > 0.6 else "black")
+        ax.text(
+            float(c),
+            float(r),
+            f"{100 * v:.0f}",
+            ha="center",
+            va="center",
+            fontsize=6,
+            color="white" if v > 0.6 else "black",
+        )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("ground-truth class")
     ax.set_title(f"Confusion matrix of {model} (% of each ground-truth class; grey: no ground truth)")
@@ -117,14 +130,18 @@ def plot_confusion(report: EvaluationReport, model: str, path: str | Path, train
 def plot_iou_by_distance(report: EvaluationReport, path: str | Path) -> Path:
     """mIoU and hard-class mIoU per distance band, one line per model (means over the classes present
     in each band, since far bands lack many classes), with the point count per band."""
-    bands = list(report.distance.get("bands", []))  # type: ignore[arg-type]
+    raw_bands = report.distance.get("bands", [])
+    bands = [str(b) for b in raw_bands] if isinstance(raw_bands, list) else []
     models = [m for m in report.models.values() if m.iou_by_distance]
     x = np.arange(len(bands))
     fig = Figure(figsize=(13, 5))
     axes = fig.subplots(1, 2, sharey=True)
-    specs = [("miou_present", "mIoU over present classes"), ("hard_miou_present", "hard-class mIoU over present classes")]
-    for ax, (field, title) in zip(axes, specs):
-        for m, color in zip(models, _colors(len(models))):
+    specs = [
+        ("miou_present", "mIoU over present classes"),
+        ("hard_miou_present", "hard-class mIoU over present classes"),
+    ]
+    for ax, (field, title) in zip(axes, specs, strict=True):
+        for m, color in zip(models, _colors(len(models)), strict=True):
             ys = [getattr(m.iou_by_distance[b], field) if b in m.iou_by_distance else None for b in bands]
             y = np.array([np.nan if v is None else 100.0 * v for v in ys])
             ax.plot(x, y, marker="o", color=color, label=m.name)
@@ -138,11 +155,12 @@ def plot_iou_by_distance(report: EvaluationReport, path: str | Path) -> Path:
     if models:
         first = models[0]
         counts = [first.iou_by_distance[b].points if b in first.iou_by_distance else 0 for b in bands]
-        for xi, cnt in zip(x, counts):
+        for xi, cnt in zip(x, counts, strict=True):
             axes[0].annotate(f"n={cnt:,}", (xi, 2), ha="center", fontsize=7, color="0.4")
         handles, names = axes[0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="lower center", ncol=min(len(models), 4), frameon=False,
-                   bbox_to_anchor=(0.5, -0.08))
+        fig.legend(
+            handles, names, loc="lower center", ncol=min(len(models), 4), frameon=False, bbox_to_anchor=(0.5, -0.08)
+        )
     fig.suptitle("IoU by distance band")
     return _save(fig, Path(path))
 
@@ -152,8 +170,10 @@ def write_plots(report: EvaluationReport, folder: str | Path, train_names: list[
     folder = Path(folder)
     if not any(m.scans for m in report.models.values()):
         return []  # nothing was scored (e.g. only the test split): no figures to draw
-    paths = [plot_class_iou(report, folder / "class_iou.png"),
-             plot_iou_by_distance(report, folder / "iou_by_distance.png")]
+    paths = [
+        plot_class_iou(report, folder / "class_iou.png"),
+        plot_iou_by_distance(report, folder / "iou_by_distance.png"),
+    ]
     for name, m in report.models.items():
         if m.scans:
             paths.append(plot_confusion(report, name, folder / f"confusion_{safe_name(name)}.png", train_names))

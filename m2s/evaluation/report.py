@@ -99,7 +99,7 @@ def model_result(
     scored = scans > 0
     bands: dict[str, BandResult] = {}
     if scored:
-        for i, (bname, bs) in enumerate(zip(band_names, band_scores)):
+        for i, (bname, bs) in enumerate(zip(band_names, band_scores, strict=True)):
             bands[bname] = BandResult(
                 lower_m=float(edges[i]),
                 upper_m=float(edges[i + 1]) if i + 1 < len(edges) else None,
@@ -185,19 +185,26 @@ def comparison_rows(report: EvaluationReport) -> list[TableRow]:
     def row(metric: str, kind: str, unit: str, vals: list[float | None], **extra: Any) -> TableRow:
         base = vals[0] if vals else None
         deltas = [None] + [None if (v is None or base is None) else v - base for v in vals[1:]]
-        return TableRow(metric=metric, kind=kind, unit=unit, values=vals, deltas=deltas, **extra)  # type: ignore[arg-type]
+        return TableRow(metric=metric, kind=kind, unit=unit, values=vals, deltas=deltas, **extra)
 
     rows = [
-        row(c, "class", "%", [_pct(m.iou.get(c)) for m in models], hard=c in hard,
-            no_ground_truth=bool(present) and not present.get(c, False))
+        row(
+            c,
+            "class",
+            "%",
+            [_pct(m.iou.get(c)) for m in models],
+            hard=c in hard,
+            no_ground_truth=bool(present) and not present.get(c, False),
+        )
         for c in report.classes
     ]
     rows.append(row("mIoU", "summary", "%", [_pct(m.miou) for m in models]))
     rows.append(row("mIoU (present classes)", "summary", "%", [_pct(m.miou_present) for m in models]))
     rows.append(row("hard mIoU", "summary", "%", [_pct(m.hard_miou) for m in models], hard=True))
     rows.append(row("accuracy", "summary", "%", [_pct(m.accuracy) for m in models]))
-    rows.append(row("ms / scan (median)", "summary", "ms", [m.ms_per_scan_median for m in models],
-                    higher_is_better=False))
+    rows.append(
+        row("ms / scan (median)", "summary", "ms", [m.ms_per_scan_median for m in models], higher_is_better=False)
+    )
     return rows
 
 
@@ -213,7 +220,9 @@ def table_csv(report: EvaluationReport) -> str:
         return "" if x is None else f"{x:.4f}"
 
     for r in comparison_rows(report):
-        w.writerow([r.metric, r.kind, r.unit, int(r.hard)] + [cell(v) for v in r.values] + [cell(d) for d in r.deltas[1:]])
+        w.writerow(
+            [r.metric, r.kind, r.unit, int(r.hard)] + [cell(v) for v in r.values] + [cell(d) for d in r.deltas[1:]]
+        )
     return buf.getvalue()
 
 

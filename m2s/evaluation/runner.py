@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
+from m2s import __version__
 from m2s.artifacts import (
     MANIFEST_NAME,
     ArtifactInput,
@@ -44,14 +45,6 @@ from m2s.evaluation.metrics import (
     horizontal_distance,
 )
 from m2s.evaluation.plots import safe_name, write_plots
-from m2s.evaluation.submission import (
-    SUBMISSION_ZIP,
-    Expected,
-    SubmissionCheck,
-    check_submission,
-    expected_from_dataset,
-    write_submission_zip,
-)
 from m2s.evaluation.report import (
     METRICS_FILE,
     TABLE_FILE,
@@ -61,7 +54,14 @@ from m2s.evaluation.report import (
     write_metrics_json,
     write_table_csv,
 )
-from m2s import __version__
+from m2s.evaluation.submission import (
+    SUBMISSION_ZIP,
+    Expected,
+    SubmissionCheck,
+    check_submission,
+    expected_from_dataset,
+    write_submission_zip,
+)
 from m2s.labels import LabelManifest
 
 InputKind = Literal["single", "fused"]
@@ -87,10 +87,10 @@ class ModelUnderTest:
     artifact: ArtifactInput | None = None  # lineage entry of the model artifact
 
     @classmethod
-    def from_object(cls, obj: Any, **overrides: Any) -> "ModelUnderTest":
+    def from_object(cls, obj: Any, **overrides: Any) -> ModelUnderTest:
         """Wrap any object exposing ``predict``, ``name`` and ``label_digest`` (and optionally
         ``voxel_size`` / ``input_kind``)."""
-        fields = {
+        fields: dict[str, Any] = {
             "name": getattr(obj, "name", None),
             "label_digest": getattr(obj, "label_digest", None),
             "voxel_size": getattr(obj, "voxel_size", None),
@@ -213,7 +213,7 @@ class EvaluationConfig(BaseModel):
     @field_validator("distance_edges")
     @classmethod
     def _edges(cls, v: list[float]) -> list[float]:
-        if not v or v[0] != 0 or any(b <= a for a, b in zip(v, v[1:])) or not all(math.isfinite(x) for x in v):
+        if not v or v[0] != 0 or any(b <= a for a, b in itertools.pairwise(v)) or not all(math.isfinite(x) for x in v):
             raise ValueError("distance edges must start at 0 and increase strictly")
         return v
 
@@ -252,14 +252,16 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def resolve_input(model: ModelUnderTest, requested: str, source: ScanSource) -> InputKind:
+def resolve_input(
+    model: ModelUnderTest, requested: Literal["auto", "single", "fused"], source: ScanSource
+) -> InputKind:
     if not source.supports_fused:
         if requested == "fused":
             raise ConfigError("--input fused needs a fused cache (--cache); raw scans are single-scan input")
         return "single"
     if requested == "auto":
         return model.input_kind
-    return requested  # type: ignore[return-value]
+    return requested
 
 
 def check_compatibility(models: list[ModelUnderTest], source: ScanSource, labels: LabelManifest) -> None:
@@ -313,10 +315,12 @@ def _predict(state: _ModelState, batch: list[ScanItem]) -> list[np.ndarray]:
     elapsed_ms = 1000.0 * (time.perf_counter() - t0)
     state.timings_ms.extend([elapsed_ms / len(batch)] * len(batch))
     if not isinstance(preds, (list, tuple)) or len(preds) != len(inputs):
-        raise DataError(f"model {m.name!r} returned {len(preds) if hasattr(preds, '__len__') else '?'} "
-                        f"predictions for a batch of {len(inputs)} scans")
+        raise DataError(
+            f"model {m.name!r} returned {len(preds) if hasattr(preds, '__len__') else '?'} "
+            f"predictions for a batch of {len(inputs)} scans"
+        )
     out = []
-    for it, x, p in zip(batch, inputs, preds):
+    for it, x, p in zip(batch, inputs, preds, strict=True):
         p = np.asarray(p)
         if p.shape != (x.shape[0],) or not np.issubdtype(p.dtype, np.integer):
             raise DataError(
@@ -340,18 +344,21 @@ def evaluate_models(
     confusions and, with ``config.export_labels``, write benchmark-layout predictions under
     ``out_dir/predictions`` (one subfolder per model when several)."""
     check_compatibility(models, source, labels)
-    if config.export_labels and out_dir is None:
-        raise ConfigError("exporting labels needs an output folder")
+    export_root: Path | None = None
+    if config.export_labels:
+        if out_dir is None:
+            raise ConfigError("exporting labels needs an output folder")
+        export_root = Path(out_dir)
     names = unique_names([m.name for m in models])
     c = labels.num_classes
     ignore = labels.ignored_train_ids
     states = []
-    for name, m in zip(names, models):
+    for name, m in zip(names, models, strict=True):
         export_rel = None
         exporter = None
-        if config.export_labels:
+        if export_root is not None:
             export_rel = PREDICTIONS_DIR if len(models) == 1 else f"{PREDICTIONS_DIR}/{safe_name(name)}"
-            exporter = LabelExporter(Path(out_dir) / export_rel, labels)  # type: ignore[arg-type]
+            exporter = LabelExporter(export_root / export_rel, labels)
         states.append(
             _ModelState(
                 model=dataclasses.replace(m, name=name),
@@ -378,7 +385,7 @@ def evaluate_models(
         distances = [horizontal_distance(it.points[: it.n_target]) for it in batch]
         for state in states:
             preds = _predict(state, batch)
-            for it, pred, dist in zip(batch, preds, distances):
+            for it, pred, dist in zip(batch, preds, distances, strict=True):
                 state.scans_predicted += 1
                 if state.exporter is not None:
                     state.exporter.write(it.sequence, it.frame, pred)
@@ -473,9 +480,7 @@ def run_evaluation(
         "label_digest": labels.digest(),
         "distance_measure": DISTANCE_MEASURE,
         "sequences": report.sequences,
-        "models": [
-            {"name": n, "artifact_id": r.artifact_id, "input": r.input} for n, r in report.models.items()
-        ],
+        "models": [{"name": n, "artifact_id": r.artifact_id, "input": r.input} for n, r in report.models.items()],
     }
     inputs = [m.artifact for m in models if m.artifact is not None] + [source.describe()]
     metrics = _summary_metrics(report)
@@ -497,7 +502,10 @@ def write_submissions(
     """Zip each model's exported predictions in the benchmark layout and check the zip against the
     source's scans (`submission.zip`, or `submission-NAME.zip` per model when several)."""
     expected = source.expected_scans()
-    ids = {unique: (m.artifact.id if m.artifact else None) for unique, m in zip(unique_names([m.name for m in models]), models)}
+    ids = {
+        unique: (m.artifact.id if m.artifact else None)
+        for unique, m in zip(unique_names([m.name for m in models]), models, strict=True)
+    }
     checks: dict[str, SubmissionCheck] = {}
     for name, result in report.models.items():
         if not result.exported_to:
@@ -505,7 +513,8 @@ def write_submissions(
         description = config.description or (
             f"m2s {__version__}: model {name}" + (f" (artifact {ids.get(name)})" if ids.get(name) else "")
         )
-        zip_path = write_submission_zip(out / result.exported_to, out / submission_zip_name(name, len(report.models)), description)
+        zip_path = write_submission_zip(
+            out / result.exported_to, out / submission_zip_name(name, len(report.models)), description
+        )
         checks[name] = check_submission(zip_path, expected)
     return checks
-

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Literal, TypedDict
 
 from pydantic import BaseModel
 
-# One model's scores for one seed: {"miou": .., "hard_miou": .., "iou": {class: ..}} (percent).
-SeedScores = Mapping[str, object]
+
+class SeedScores(TypedDict):
+    """One model's scores for one seed, in percent."""
+
+    miou: float
+    hard_miou: float
+    iou: Mapping[str, float]  # class name -> IoU
 
 
 class MeanStd(BaseModel):
@@ -60,7 +66,7 @@ def mean_std(xs: Sequence[float]) -> MeanStd:
 def paired_difference(model: Sequence[float], baseline: Sequence[float]) -> PairedDifference:
     if len(model) != len(baseline):
         raise ValueError(f"paired values need equal lengths, got {len(model)} and {len(baseline)}")
-    diffs = [m - b for m, b in zip(model, baseline)]
+    diffs = [m - b for m, b in zip(model, baseline, strict=True)]
     ms = mean_std(diffs)
     se = ms.std / math.sqrt(ms.n) if ms.n > 1 else float("nan")
     return PairedDifference(diffs=diffs, mean=ms.mean, std=ms.std, se=se)
@@ -88,16 +94,16 @@ def summarise_seeds(
         if list(per_seed[s]) != names:
             raise ValueError(f"seed {s} scores models {list(per_seed[s])}, seed {seeds[0]} {names}")
 
-    def values(model: str, key: str) -> list[float]:
-        return [float(per_seed[s][model][key]) for s in seeds]  # type: ignore[arg-type]
+    def values(model: str, key: Literal["miou", "hard_miou"]) -> list[float]:
+        return [float(per_seed[s][model][key]) for s in seeds]
 
     models: dict[str, ModelSummary] = {}
     for name in names:
-        classes = list(per_seed[seeds[0]][name]["iou"])  # type: ignore[arg-type]
+        classes = list(per_seed[seeds[0]][name]["iou"])
         models[name] = ModelSummary(
             miou=mean_std(values(name, "miou")),
             hard_miou=mean_std(values(name, "hard_miou")),
-            iou={c: mean_std([float(per_seed[s][name]["iou"][c]) for s in seeds]) for c in classes},  # type: ignore[index]
+            iou={c: mean_std([float(per_seed[s][name]["iou"][c]) for s in seeds]) for c in classes},
         )
     paired: dict[str, Comparison] = {}
     for name in compared:

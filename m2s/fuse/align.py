@@ -110,7 +110,10 @@ class IcpBatchResult:
 
     def __getitem__(self, k: int) -> IcpResult:
         return IcpResult(
-            self.rotation[k], self.translation[k], float(self.residual[k]), float(self.centroid_residual[k]),
+            self.rotation[k],
+            self.translation[k],
+            float(self.residual[k]),
+            float(self.centroid_residual[k]),
             bool(self.used_icp[k]),
         )
 
@@ -169,8 +172,12 @@ def box_extents(xyz: np.ndarray, starts: np.ndarray, yaw: np.ndarray) -> np.ndar
     u = c * xyz[:, 0] + s * xyz[:, 1]
     v = c * xyz[:, 1] - s * xyz[:, 0]
     return np.column_stack(
-        [np.minimum.reduceat(u, first), np.maximum.reduceat(u, first),
-         np.minimum.reduceat(v, first), np.maximum.reduceat(v, first)]
+        [
+            np.minimum.reduceat(u, first),
+            np.maximum.reduceat(u, first),
+            np.minimum.reduceat(v, first),
+            np.maximum.reduceat(v, first),
+        ]
     )
 
 

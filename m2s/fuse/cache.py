@@ -141,7 +141,7 @@ class _RowAppender:
                 self.buf[:n] = data
                 data = self.buf
             data = np.ascontiguousarray(data)
-            encoded = zlib.compress(data, self.gzip_level) if self.compression == "gzip" else data
+            encoded = zlib.compress(data.data, self.gzip_level) if self.compression == "gzip" else data
             self.ds.id.write_direct_chunk((self.written,) + (0,) * (data.ndim - 1), encoded)
         self.written += n
 
@@ -192,7 +192,11 @@ def write_sequence_file(
 
             def rows_dataset(name: str, shape: tuple[int, ...], dtype: Any, which: str) -> h5py.Dataset:
                 return h5.create_dataset(
-                    name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=(c, *shape),
+                    name,
+                    shape=(0, *shape),
+                    maxshape=(None, *shape),
+                    dtype=dtype,
+                    chunks=(c, *shape),
                     **storage.filter_kwargs(which),
                 )
 
@@ -382,7 +386,7 @@ class FusedCache:
                 h5.close()
         self._handles = {}
 
-    def __enter__(self) -> "FusedCache":
+    def __enter__(self) -> FusedCache:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -42,7 +42,7 @@ class HardSpec:
     known_lut: np.ndarray  # bool (65536,): raw ids the label map's learning_map knows
 
     @classmethod
-    def from_manifest(cls, labels: LabelManifest, hard_classes: list[str] | None) -> "HardSpec":
+    def from_manifest(cls, labels: LabelManifest, hard_classes: list[str] | None) -> HardSpec:
         names = list(labels.hard_classes) if hard_classes is None else list(hard_classes)
         if not names:
             raise ConfigError("no hard classes: the label manifest lists none and --hard-classes was not given")
@@ -195,6 +195,8 @@ def _rigid_into(
         col += c * m[k, 2]
         col += m[k, 3]
         if shift is not None:
+            if counts is None:
+                raise ValueError("a per-instance shift needs `counts`, the rows of each instance")
             col += np.repeat(shift[:, k], counts)
         out[:, k] = col
 
@@ -286,7 +288,7 @@ class _TargetBoxes:
     ext: np.ndarray  # (U,4)
 
     @classmethod
-    def of(cls, tgt: HardPoints, steps: int) -> "_TargetBoxes":
+    def of(cls, tgt: HardPoints, steps: int) -> _TargetBoxes:
         xyz = tgt.coords.T
         yaw = box_yaw(xyz, tgt.starts, steps)
         return cls(yaw, box_extents(xyz, tgt.starts, yaw))
@@ -319,7 +321,7 @@ def fuse_target(
     # First pass: which instances of each source are in the target, and how many rows in all,
     # so the output is allocated once.
     plan = []
-    for src, rel in zip(sources, rel_transforms):
+    for src, rel in zip(sources, rel_transforms, strict=True):
         common = np.isin(src.ids, tgt.ids)
         if common.any():
             mask = None if common.all() else np.repeat(common, src.counts)
@@ -395,7 +397,7 @@ def fuse_sequence(
     frames = seq.frames
     poses = seq.poses  # validated: one LiDAR-frame pose per frame
     window: deque[HardPoints] = deque()  # hard points of frames in [f - K, f + K], ascending
-    pending: deque[tuple[int, np.ndarray, np.ndarray | None]] = deque()  # full scans read, not yet emitted
+    pending: deque[tuple[int, np.ndarray, np.ndarray]] = deque()  # full scans read, not yet emitted
     total = len(frames)
     # Each file read once, ahead of use; closing stops the reader thread if the caller stops early.
     with contextlib.closing(seq.iter_scans(frames, prefetch=prefetch)) as scans:
@@ -428,10 +430,10 @@ def fuse_sequence(
                 n_cls = len(spec.class_names)
                 stats.instances += np.bincount(tgt.cls, minlength=n_cls)
                 stats.single_points += np.bincount(tgt.cls, weights=tgt.counts, minlength=n_cls).astype(np.int64)
-                stats.fused_points += np.bincount(
-                    tgt.cls, weights=tgt.counts + fused_count, minlength=n_cls
-                ).astype(np.int64)
-                for c, iid in zip(tgt.cls.tolist(), tgt.ids.tolist()):
+                stats.fused_points += np.bincount(tgt.cls, weights=tgt.counts + fused_count, minlength=n_cls).astype(
+                    np.int64
+                )
+                for c, iid in zip(tgt.cls.tolist(), tgt.ids.tolist(), strict=True):
                     stats.unique_ids[c].add(iid)
             yield block
             if on_scan is not None:

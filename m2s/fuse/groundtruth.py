@@ -68,7 +68,7 @@ def fused_source_coords(block: FusedScan, hard: dict[int, HardPoints]) -> np.nda
         return out
     inst = (block.fused_label >> np.uint32(16)).astype(np.int64)
     cut = np.flatnonzero(np.diff(src)) + 1
-    for a, b in zip(np.concatenate(([0], cut)).tolist(), np.concatenate((cut, [src.shape[0]])).tolist()):
+    for a, b in zip(np.concatenate(([0], cut)).tolist(), np.concatenate((cut, [src.shape[0]])).tolist(), strict=True):
         h = hard[int(src[a])]
         ids = np.unique(inst[a:b])
         j = np.searchsorted(h.ids, ids)

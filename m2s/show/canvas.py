@@ -4,6 +4,7 @@ DejaVu Sans font: no figure, no pyplot state, no display, a few milliseconds per
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -46,22 +47,29 @@ class LegendItem:
     rgb: tuple[int, int, int]
 
 
-def layout(grid: list[list[Panel | None]], legend: list[LegendItem], *, min_width: int = 0) -> tuple[np.ndarray, list[PanelBox], list[tuple[int, int, str]]]:
+def layout(
+    grid: Sequence[Sequence[Panel | None]], legend: list[LegendItem], *, min_width: int = 0
+) -> tuple[np.ndarray, list[PanelBox], list[tuple[int, int, str]]]:
     """Place the panels row by row (each grid row as tall as its tallest panel, columns as wide as
     their widest panel) above a legend; returns the canvas, the panel boxes and the texts to draw
     as (row, col, text), text tops at `row`."""
     n_cols = max(len(r) for r in grid)
-    col_w = [max((r[c].image.shape[1] for r in grid if c < len(r) and r[c] is not None), default=0) for c in range(n_cols)]
+    col_w = [
+        max((panel.image.shape[1] for r in grid if c < len(r) and (panel := r[c]) is not None), default=0)
+        for c in range(n_cols)
+    ]
     row_h = [max((p.image.shape[0] for p in r if p is not None), default=0) for r in grid]
     width = max(MARGIN + sum(w + MARGIN for w in col_w), min_width)
     per_row = max(1, (width - MARGIN) // LEGEND_ITEM_PX)
     legend_rows = -(-len(legend) // per_row) if legend else 0
-    height = MARGIN + sum(TITLE_PX + h + MARGIN for h in row_h) + legend_rows * LEGEND_ROW_PX + (MARGIN if legend else 0)
+    height = (
+        MARGIN + sum(TITLE_PX + h + MARGIN for h in row_h) + legend_rows * LEGEND_ROW_PX + (MARGIN if legend else 0)
+    )
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
     boxes: list[PanelBox] = []
     texts: list[tuple[int, int, str]] = []
     top = MARGIN
-    for r, h in zip(grid, row_h):
+    for r, h in zip(grid, row_h, strict=True):
         left = MARGIN
         for c, w in enumerate(col_w):
             p = r[c] if c < len(r) else None

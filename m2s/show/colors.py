@@ -48,7 +48,7 @@ def source_frame_colors(offsets: np.ndarray) -> np.ndarray:
     a fixed qualitative palette, so the same offset has the same colour in every image."""
     from matplotlib import colormaps
 
-    palette = (np.asarray(colormaps["tab10"].colors)[:, :3] * 255).round().astype(np.uint8)
+    palette = (colormaps["tab10"](np.arange(10))[:, :3] * 255).round().astype(np.uint8)
     # tab10 index 7 is grey: skip it so fused rows never look like the target's own grey rows.
     palette = np.delete(palette, 7, axis=0)
     idx = np.where(offsets > 0, 2 * (offsets - 1), 2 * (-offsets) - 1)  # 1,2,3.. -> 0,2,4; -1,-2 -> 1,3

@@ -26,7 +26,7 @@ class RangeGeometry(BaseModel):
     fov_down_deg: float = -25.0
 
     @model_validator(mode="after")
-    def _fov(self) -> "RangeGeometry":
+    def _fov(self) -> RangeGeometry:
         if not self.fov_up_deg > self.fov_down_deg:
             raise ValueError("fov_up_deg must be above fov_down_deg")
         return self

@@ -4,7 +4,8 @@ predictions of each model (through :class:`m2s.inference.Predictor`, the evaluat
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence as Seq
+from collections.abc import Iterator
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -50,7 +50,9 @@ class Raster:
     pixel: np.ndarray  # int64 (K,)
     point: np.ndarray  # int64 (K,)
 
-    def paint(self, rgb: np.ndarray, background: np.ndarray | None = None, *, onto: np.ndarray | None = None) -> np.ndarray:
+    def paint(
+        self, rgb: np.ndarray, background: np.ndarray | None = None, *, onto: np.ndarray | None = None
+    ) -> np.ndarray:
         """An (H, W, 3) uint8 image: `background` (or `onto`, painted in place) with each covered
         pixel in its winning point's colour (`rgb`: uint8 (N, 3), one row per point given to `zbuffer`)."""
         h, w = self.shape
@@ -61,7 +63,6 @@ class Raster:
             image[:] = BLACK if background is None else background
         image.reshape(-1, 3)[self.pixel] = np.asarray(rgb, dtype=np.uint8)[self.point]
         return image
-
 
 
 def _winners(n_pixels: int, flat: np.ndarray, priority: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ drawn on top, right points light grey, points whose ground truth is "unlabeled" 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,12 +79,12 @@ class Painter:
         return self._raster(above).paint(rgb[above], onto=image)
 
 
-def class_layers(frame: FrameData, colors: ClassColors) -> list[list[Layer]]:
+def class_layers(frame: FrameData, colors: ClassColors) -> list[list[Layer | None]]:
     """Panel rows: [ground truth, model 1, error 1], [-, model 2, error 2], ... (or the models alone
     without labels, or the ground truth alone without models)."""
     gt = frame.gt_train
     gt_layer = Layer("ground truth", colors.of_train(gt)) if gt is not None else None
-    rows: list[list[Layer]] = []
+    rows: list[list[Layer | None]] = []
     for i, p in enumerate(frame.predictions):
         pred_layer = Layer(f"{p.name} ({p.input_kind} input)", colors.of_train(p.pred))
         if gt is None:
@@ -94,7 +95,7 @@ def class_layers(frame: FrameData, colors: ClassColors) -> list[list[Layer]]:
         rgb = np.where(wrong[:, None], C.WRONG, np.where(ignored[:, None], C.IGNORED, C.CORRECT)).astype(np.uint8)
         scored = max(int((~ignored).sum()), 1)
         err = Layer(f"{p.name} errors: {int(wrong.sum())} of {scored} ({100 * wrong.sum() / scored:.1f} %)", rgb, wrong)
-        rows.append([gt_layer if i == 0 else None, pred_layer, err])  # type: ignore[list-item]
+        rows.append([gt_layer if i == 0 else None, pred_layer, err])
     if not rows:
         if gt_layer is not None:
             rows.append([gt_layer])
@@ -105,13 +106,17 @@ def class_layers(frame: FrameData, colors: ClassColors) -> list[list[Layer]]:
     return rows
 
 
+def _rgb(c: np.ndarray) -> tuple[int, int, int]:
+    return int(c[0]), int(c[1]), int(c[2])
+
+
 def class_legend(frame: FrameData, colors: ClassColors, *, errors: bool = True) -> list[LegendItem]:
     present = [] if frame.gt_train is None else [frame.gt_train]
     present += [p.pred for p in frame.predictions]
     if not present:
         return []
     ids = np.unique(np.concatenate(present))
-    items = [LegendItem(colors.names[i], tuple(int(v) for v in colors.train_rgb[i])) for i in ids]
+    items = [LegendItem(colors.names[i], _rgb(colors.train_rgb[i])) for i in ids]
     if errors and frame.predictions and frame.gt_train is not None:
         items += [LegendItem("error: wrong", tuple(C.WRONG)), LegendItem("error: right", tuple(C.CORRECT)),
                   LegendItem("error: unlabeled GT", tuple(C.IGNORED))]  # fmt: skip
@@ -129,7 +134,9 @@ def source_legend(frame: FrameData) -> list[LegendItem]:
         return items
     offs = np.unique(_offsets(frame))
     rgb = source_frame_colors(offs)
-    return items + [LegendItem(f"fused from {frame.frame - o} ({-o:+d})", tuple(int(v) for v in c)) for o, c in zip(offs, rgb)]
+    return items + [
+        LegendItem(f"fused from {frame.frame - o} ({-o:+d})", _rgb(c)) for o, c in zip(offs, rgb, strict=True)
+    ]
 
 
 # ---- views --------------------------------------------------------------------------------------
@@ -146,8 +153,15 @@ def _title(frame: FrameData, what: str) -> str:
 
 def render_bev(frame: FrameData, cfg: ShowConfig, colors: ClassColors) -> tuple[np.ndarray, list[PanelBox], list]:
     painter = bev_painter(frame.points[:, :3], cfg.extent_m, cfg.resolution_m, cfg.point_px)
-    grid = [[None if l is None else Panel(l.title, painter.draw(l)) for l in r] for r in class_layers(frame, colors)]
-    return _with_header(grid, class_legend(frame, colors), _title(frame, f"bird's-eye view, ±{cfg.extent_m:g} m, {cfg.resolution_m:g} m/px"))
+    grid = [
+        [None if layer is None else Panel(layer.title, painter.draw(layer)) for layer in r]
+        for r in class_layers(frame, colors)
+    ]
+    return _with_header(
+        grid,
+        class_legend(frame, colors),
+        _title(frame, f"bird's-eye view, ±{cfg.extent_m:g} m, {cfg.resolution_m:g} m/px"),
+    )
 
 
 def render_range(frame: FrameData, cfg: ShowConfig, colors: ClassColors) -> tuple[np.ndarray, list[PanelBox], list]:
@@ -155,8 +169,10 @@ def render_range(frame: FrameData, cfg: ShowConfig, colors: ClassColors) -> tupl
     row, col, inside, depth = range_pixels(frame.points[:, :3], g)
     painter = Painter((g.height, g.width), row, col, -depth, inside, C.EMPTY_RANGE)  # the nearest point wins
     k = cfg.range_row_px
-    layers = [l for r in class_layers(frame, colors) for l in r if l is not None]
-    grid: list[list[Panel | None]] = [[Panel(l.title, np.repeat(painter.draw(l), k, axis=0))] for l in layers]
+    layers = [layer for r in class_layers(frame, colors) for layer in r if layer is not None]
+    grid: list[list[Panel | None]] = [
+        [Panel(layer.title, np.repeat(painter.draw(layer), k, axis=0))] for layer in layers
+    ]
     what = f"range image {g.height}×{g.width}, {g.fov_up_deg:+g}° to {g.fov_down_deg:+g}°"
     return _with_header(grid, class_legend(frame, colors), _title(frame, what))
 
@@ -166,14 +182,18 @@ def fused_layer(frame: FrameData) -> tuple[np.ndarray, Layer]:
     assert frame.fused_points is not None
     xyz = np.concatenate([frame.points[:, :3], frame.fused_points[:, :3]])
     n, f = frame.points.shape[0], frame.fused_points.shape[0]
-    rgb = np.concatenate([np.broadcast_to(C.TARGET_ROWS, (n, 3)), source_frame_colors(_offsets(frame))]).astype(np.uint8)
+    rgb = np.concatenate([np.broadcast_to(C.TARGET_ROWS, (n, 3)), source_frame_colors(_offsets(frame))]).astype(
+        np.uint8
+    )
     top = np.concatenate([np.zeros(n, dtype=bool), np.ones(f, dtype=bool)])
     return xyz, Layer(f"{n} own rows (grey) + {f} fused rows", rgb, top)
 
 
 def render_fused(frame: FrameData, cfg: ShowConfig, colors: ClassColors) -> tuple[np.ndarray, list[PanelBox], list]:
     xyz, layer = fused_layer(frame)
-    grid: list[list[Panel | None]] = [[Panel(layer.title, bev_painter(xyz, cfg.extent_m, cfg.resolution_m, cfg.point_px).draw(layer))]]
+    grid: list[list[Panel | None]] = [
+        [Panel(layer.title, bev_painter(xyz, cfg.extent_m, cfg.resolution_m, cfg.point_px).draw(layer))]
+    ]
     return _with_header(grid, source_legend(frame), _title(frame, "fused block, bird's-eye view"))
 
 
@@ -197,7 +217,9 @@ def _subset(layer: Layer, rows: np.ndarray) -> Layer:
     return Layer(layer.title, layer.rgb[rows], None if layer.top is None else layer.top[rows])
 
 
-def render_crops(frame: FrameData, cfg: ShowConfig, colors: ClassColors) -> tuple[np.ndarray, list[PanelBox], list] | None:
+def render_crops(
+    frame: FrameData, cfg: ShowConfig, colors: ClassColors
+) -> tuple[np.ndarray, list[PanelBox], list] | None:
     instances = hard_instances(frame, cfg.crop_min_points)[: cfg.max_crops]
     if not instances:
         return None
@@ -230,9 +252,9 @@ def render_crops(frame: FrameData, cfg: ShowConfig, colors: ClassColors) -> tupl
             row.append(Panel(head, bev_painter(fx[near] - centre, half, res, 2).draw(_subset(fl, near))))
         near = _near(own_x, own_y, centre, half)
         painter = bev_painter(own_xyz[near] - centre, half, res, 2)  # shared by the ground truth and every model
-        for j, l in enumerate(layers):
-            title = l.title if (j or fused is not None) else f"{head} — {l.title}"
-            row.append(Panel(title, painter.draw(_subset(l, near))))
+        for j, layer in enumerate(layers):
+            title = layer.title if (j or fused is not None) else f"{head} — {layer.title}"
+            row.append(Panel(title, painter.draw(_subset(layer, near))))
         grid.append(row)
     legend = class_legend(frame, colors, errors=False)
     if fused is not None:
@@ -240,10 +262,12 @@ def render_crops(frame: FrameData, cfg: ShowConfig, colors: ClassColors) -> tupl
     return _with_header(grid, legend, _title(frame, f"hard-class instances ({len(instances)}), bird's-eye crops"))
 
 
-def _with_header(grid: list[list[Panel | None]], legend: list[LegendItem], header: str) -> tuple[np.ndarray, list[PanelBox], list]:
+def _with_header(
+    grid: Sequence[Sequence[Panel | None]], legend: list[LegendItem], header: str
+) -> tuple[np.ndarray, list[PanelBox], list]:
     # The header is one line of text above the panels: the canvas is at least as wide as it.
     min_width = 2 * MARGIN + text_width(header)
-    canvas, boxes, texts = layout([[Panel(header, np.zeros((0, 1, 3), np.uint8))]] + grid, legend, min_width=min_width)
+    canvas, boxes, texts = layout([[Panel(header, np.zeros((0, 1, 3), np.uint8))], *grid], legend, min_width=min_width)
     return canvas, boxes[1:], texts
 
 

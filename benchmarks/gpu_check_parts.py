@@ -485,7 +485,9 @@ def part_parity(ctx: PartContext) -> None:
             failed.append(name)
         ctx.rec.append("results", row)
         log(json.dumps(row))
-    if dry:
+    if dry and failed:
+        ctx.rec.update(status=f"failed: {', '.join(failed)} in the cpu vs cpu dry run ({ctx.no_cuda})")
+    elif dry:
         ctx.rec.update(status=f"{ctx.no_cuda}: ran cpu vs cpu as a dry run ({', '.join(names)})")
     elif not names:
         ctx.rec.update(status="failed: no backend with CUDA kernels")
@@ -681,7 +683,7 @@ def part_backbone(ctx: PartContext) -> None:
         status = f"failed: {len(errors)} configuration(s) errored"
     else:
         status = "ok"
-    if not ctx.cuda:
+    if not ctx.cuda and not status.startswith("failed"):  # a broken dry run is a failure all the same
         status = f"{ctx.no_cuda}: ran on cpu as a dry run ({status})"
     ctx.rec.update(status=status)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from cli.common import DEBUG_ENV, set_debug
 from cli.commands import distill, evaluate, fuse, inspect, show, synth, train
+from cli.common import DEBUG_ENV, set_debug
 
 app = typer.Typer(
     name="m2s",

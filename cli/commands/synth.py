@@ -55,7 +55,10 @@ def synth(
     seed: int = typer.Option(0, "--seed", min=0, help="Base seed; each sequence derives its own from it."),
     workers: int = typer.Option(1, "--workers", min=1, max=256, help="Parallel generator processes."),
     hard_rate: float = typer.Option(
-        1.0, "--hard-rate", min=0.01, max=100.0,
+        1.0,
+        "--hard-rate",
+        min=0.01,
+        max=100.0,
         help="Multiplier on the rates of hard-class things (1 = shares as on real streets).",
     ),
 ) -> None:
@@ -64,7 +67,12 @@ def synth(
     tests = _sequence_option(test_sequences, "--test-sequences", allow_none=True)
     try:
         cfg = SynthConfig(
-            sequences=seqs, test_sequences=tests, scans=scans, beams=beams, columns=columns, seed=seed,
+            sequences=seqs,
+            test_sequences=tests,
+            scans=scans,
+            beams=beams,
+            columns=columns,
+            seed=seed,
             hard_rate=hard_rate,
         )
     except ValidationError as exc:

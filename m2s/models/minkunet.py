@@ -179,8 +179,7 @@ class MinkUNet(nn.Module):
         wanted = _wanted_features(return_features)
         if x.feats.dim() != 2 or x.feats.shape[1] != self.cfg.in_channels:
             raise ConfigError(
-                f"model expects {self.cfg.in_channels} input channels, got features of shape "
-                f"{tuple(x.feats.shape)}"
+                f"model expects {self.cfg.in_channels} input channels, got features of shape {tuple(x.feats.shape)}"
             )
         h, order = self._backend.prepare(x)
         s0 = self.stem(h)

@@ -131,7 +131,9 @@ def collect(root: str | Path, sequences: list[str], labels: LabelManifest, thing
                 track_t.append(np.full(int(known.sum()), seq.times[frame]))
                 track_lat.append(_lateral(world[:, :2, 3], ego))
 
-    cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dtype=dt)  # noqa: E731
+    def cat(xs: list[np.ndarray], dt: type) -> np.ndarray:
+        return np.concatenate(xs) if xs else np.zeros(0, dtype=dt)
+
     inst_key, scan_key = cat(inst_keys, np.int64), cat(scan_keys, np.int64)
     tid, rng = cat(tids, np.int64), cat(ranges, float)
 

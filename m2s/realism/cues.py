@@ -102,9 +102,7 @@ class CueResult:
     recall: dict[int, float]  # per class id present
 
 
-def cue_test(
-    cues: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray, k: int = 5
-) -> list[CueResult]:
+def cue_test(cues: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray, k: int = 5) -> list[CueResult]:
     """2-fold-by-group k-NN macro accuracy for every non-empty subset of the named cue groups
     (each an (N,) or (N,d) array), in order of subset size then name order."""
     names = list(cues)

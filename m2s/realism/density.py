@@ -11,6 +11,7 @@ complete, unoccluded scan of the object gives.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -87,7 +88,7 @@ def density_by_range(
     ranges = np.asarray(ranges, dtype=np.float64)
     which = np.digitize(ranges, bins) - 1  # bin index; -1 / len(bins)-1 fall outside
     out = []
-    for b, (lo, hi) in enumerate(zip(bins[:-1], bins[1:])):
+    for b, (lo, hi) in enumerate(pairwise(bins)):
         sel = which == b
         n = int(sel.sum())
         med_r = float(np.median(ranges[sel])) if n else float("nan")

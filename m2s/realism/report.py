@@ -44,7 +44,7 @@ class Sensor(BaseModel):
     source: str = "arguments"
 
     @classmethod
-    def of_draw(cls, root: str | Path, fallback: "Sensor") -> "Sensor":
+    def of_draw(cls, root: str | Path, fallback: Sensor) -> Sensor:
         manifest = readable_manifest(root)
         cfg = manifest.config if manifest is not None and manifest.kind == "dataset" else {}
         fields = ("beams", "columns", "elevation_top_deg", "elevation_bottom_deg", "sensor_height")
@@ -75,8 +75,15 @@ def _share_rows(sim: Shares, real: Shares, labels: LabelManifest) -> list[dict[s
     rows = []
     for tid in range(1, labels.num_classes):
         s, r = float(sim.labelled[tid]), float(real.labelled[tid])
-        rows.append({"class": labels.train_names[tid], "train_id": tid, "share": s, "real_share": r,
-                     "ratio": s / r if r > 0 else None})
+        rows.append(
+            {
+                "class": labels.train_names[tid],
+                "train_id": tid,
+                "share": s,
+                "real_share": r,
+                "ratio": s / r if r > 0 else None,
+            }
+        )
     return rows
 
 
@@ -112,12 +119,31 @@ def build_report(
         tid = names.index(cls)
         sel = stats.instance_scans.train_id == tid
         w, h = NOMINAL_SIZES[cls]
-        bins = density_by_range(stats.instance_scans.points[sel], stats.instance_scans.range[sel], range_bins,
-                                w, h, elev, sensor.columns, sensor.sensor_height)
-        hdl = density_by_range(stats.instance_scans.points[sel], stats.instance_scans.range[sel], range_bins,
-                               w, h, hdl64e_elevations(), 2048, sensor.sensor_height)
-        density[cls] = {"nominal_width": w, "nominal_height": h,
-                        "bins": [{**asdict(b), "estimate_hdl64e_2048": hb.estimate} for b, hb in zip(bins, hdl)]}
+        bins = density_by_range(
+            stats.instance_scans.points[sel],
+            stats.instance_scans.range[sel],
+            range_bins,
+            w,
+            h,
+            elev,
+            sensor.columns,
+            sensor.sensor_height,
+        )
+        hdl = density_by_range(
+            stats.instance_scans.points[sel],
+            stats.instance_scans.range[sel],
+            range_bins,
+            w,
+            h,
+            hdl64e_elevations(),
+            2048,
+            sensor.sensor_height,
+        )
+        density[cls] = {
+            "nominal_width": w,
+            "nominal_height": h,
+            "bins": [{**asdict(b), "estimate_hdl64e_2048": hb.estimate} for b, hb in zip(bins, hdl, strict=True)],
+        }
 
     # ---- the cue test
     cue: dict[str, Any] = {"available": False, "reason": "no instance_poses.txt (ground truth) in every sequence"}
@@ -142,8 +168,14 @@ def build_report(
                 "min_points": targets.min_points,
                 "classes": {names[c]: int((y == c).sum()) for c in present.tolist()},
                 "chance": 1.0 / present.size,
-                "subsets": [{"cues": list(r.cues), "macro_accuracy": r.macro_accuracy,
-                             "recall": {names[c]: v for c, v in r.recall.items()}} for r in results],
+                "subsets": [
+                    {
+                        "cues": list(r.cues),
+                        "macro_accuracy": r.macro_accuracy,
+                        "recall": {names[c]: v for c, v in r.recall.items()},
+                    }
+                    for r in results
+                ],
                 "max_macro_accuracy": max(r.macro_accuracy for r in results),
             }
         # what the cues look like per class (instances that enter the test), to see which overlap
@@ -163,28 +195,59 @@ def build_report(
     rows = _share_rows(sim, real, labels)
     by_name = {r["class"]: r for r in rows}
     checks = [
-        {"target": "hard classes <= 3 % of labelled points", "value": sim.hard_total(hard_ids),
-         "limit": f"<= {targets.hard_total_max}", "pass": sim.hard_total(hard_ids) <= targets.hard_total_max},
+        {
+            "target": "hard classes <= 3 % of labelled points",
+            "value": sim.hard_total(hard_ids),
+            "limit": f"<= {targets.hard_total_max}",
+            "pass": sim.hard_total(hard_ids) <= targets.hard_total_max,
+        },
     ]
     worst = max(labels.hard_classes, key=lambda n: by_name[n]["ratio"] or 0.0)
-    checks.append({"target": f"no hard class above {targets.hard_class_factor_max:g}x real (worst: {worst})",
-                   "value": by_name[worst]["ratio"], "limit": f"<= {targets.hard_class_factor_max}",
-                   "pass": (by_name[worst]["ratio"] or 0.0) <= targets.hard_class_factor_max})
-    checks.append({"target": "ignored points 1-6 % of all points", "value": sim.ignored,
-                   "limit": f"[{targets.ignored_min}, {targets.ignored_max}]",
-                   "pass": targets.ignored_min <= sim.ignored <= targets.ignored_max})
+    checks.append(
+        {
+            "target": f"no hard class above {targets.hard_class_factor_max:g}x real (worst: {worst})",
+            "value": by_name[worst]["ratio"],
+            "limit": f"<= {targets.hard_class_factor_max}",
+            "pass": (by_name[worst]["ratio"] or 0.0) <= targets.hard_class_factor_max,
+        }
+    )
+    checks.append(
+        {
+            "target": "ignored points 1-6 % of all points",
+            "value": sim.ignored,
+            "limit": f"[{targets.ignored_min}, {targets.ignored_max}]",
+            "pass": targets.ignored_min <= sim.ignored <= targets.ignored_max,
+        }
+    )
     f = targets.background_factor
     for n in BACKGROUND_CLASSES:
         ratio = by_name[n]["ratio"]
-        checks.append({"target": f"{n} within {f:g}x of real", "value": ratio, "limit": f"[{1 / f:.3f}, {f}]",
-                       "pass": ratio is not None and 1 / f <= ratio <= f})
+        checks.append(
+            {
+                "target": f"{n} within {f:g}x of real",
+                "value": ratio,
+                "limit": f"[{1 / f:.3f}, {f}]",
+                "pass": ratio is not None and 1 / f <= ratio <= f,
+            }
+        )
     if cue["available"]:
-        checks.append({"target": f"cue test <= {targets.cue_accuracy_max} macro accuracy, every subset",
-                       "value": cue["max_macro_accuracy"], "limit": f"<= {targets.cue_accuracy_max}",
-                       "pass": cue["max_macro_accuracy"] <= targets.cue_accuracy_max})
+        checks.append(
+            {
+                "target": f"cue test <= {targets.cue_accuracy_max} macro accuracy, every subset",
+                "value": cue["max_macro_accuracy"],
+                "limit": f"<= {targets.cue_accuracy_max}",
+                "pass": cue["max_macro_accuracy"] <= targets.cue_accuracy_max,
+            }
+        )
     else:
-        checks.append({"target": f"cue test <= {targets.cue_accuracy_max} macro accuracy, every subset",
-                       "value": None, "limit": f"<= {targets.cue_accuracy_max}", "pass": False})
+        checks.append(
+            {
+                "target": f"cue test <= {targets.cue_accuracy_max} macro accuracy, every subset",
+                "value": None,
+                "limit": f"<= {targets.cue_accuracy_max}",
+                "pass": False,
+            }
+        )
 
     return {
         "data": str(root),
@@ -200,9 +263,12 @@ def build_report(
             "ignored": sim.ignored,
             "real_ignored": real.ignored,
         },
-        "density": {"range_bins": list(range_bins), "classes": density,
-                    "estimate": "side-on upright box on the ground, no occlusion; rows from the beam "
-                                "elevations, columns from the azimuth step"},
+        "density": {
+            "range_bins": list(range_bins),
+            "classes": density,
+            "estimate": "side-on upright box on the ground, no occlusion; rows from the beam "
+            "elevations, columns from the azimuth step",
+        },
         "cue_test": cue,
         "missing_poses_points": stats.missing_poses,
         "targets": checks,

@@ -60,9 +60,7 @@ def availability() -> tuple[bool, str]:
 def _me_permutation(offsets: torch.Tensor, size: int) -> torch.Tensor:
     """perm[j] = canonical index of ME kernel index j (ME: x fastest; canonical: x slowest)."""
     lo = int(offsets.min())
-    me_index = [
-        (int(d[0]) - lo) + size * (int(d[1]) - lo) + size * size * (int(d[2]) - lo) for d in offsets
-    ]
+    me_index = [(int(d[0]) - lo) + size * (int(d[1]) - lo) + size * size * (int(d[2]) - lo) for d in offsets]
     perm = torch.empty(len(me_index), dtype=torch.int64)
     perm[torch.tensor(me_index)] = torch.arange(len(me_index))
     return perm
@@ -106,9 +104,7 @@ class MinkowskiBackend(SparseBackend):
             raise DataError(f"network inputs must have stride 1, got stride {x.stride}")
         validate_input(x.coords, x.feats)
         if x.feats.is_cuda and not self.me.is_cuda_available():
-            raise BackendUnavailable(
-                "MinkowskiEngine was built CPU-only but the input is on CUDA; use backend='torch'"
-            )
+            raise BackendUnavailable("MinkowskiEngine was built CPU-only but the input is on CUDA; use backend='torch'")
         coords = x.coords.to(torch.int32).contiguous()
         st = self.me.SparseTensor(features=x.feats, coordinates=coords)
         order: torch.Tensor | None = st.unique_index.long()
@@ -125,9 +121,7 @@ class MinkowskiBackend(SparseBackend):
 
     def _weight(self, weight: torch.Tensor, perm: torch.Tensor, channels: int, feats: torch.Tensor) -> torch.Tensor:
         if weight.dim() != 3 or weight.shape[0] != perm.numel() or weight.shape[1] != channels:
-            raise ConfigError(
-                f"expected a ({perm.numel()}, {channels}, C_out) weight, got {tuple(weight.shape)}"
-            )
+            raise ConfigError(f"expected a ({perm.numel()}, {channels}, C_out) weight, got {tuple(weight.shape)}")
         if weight.dtype != feats.dtype:
             raise DataError(f"features are {feats.dtype} but weights are {weight.dtype}")
         return weight.index_select(0, perm.to(weight.device)).contiguous()

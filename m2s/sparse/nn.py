@@ -76,14 +76,14 @@ class UpConv3d(BackendModule):
 class PointwiseLinear(nn.Linear):
     """1x1x1 convolution = a linear map of the features (identical on every backend)."""
 
-    def forward(self, x: SparseTensor) -> SparseTensor:  # type: ignore[override]
+    def forward(self, x: SparseTensor) -> SparseTensor:  # type: ignore[override]  # subclassed to keep state_dict keys
         return x.replace(super().forward(x.feats))
 
 
 class SparseBatchNorm(nn.BatchNorm1d):
     """Batch-norm over all voxels of the batch."""
 
-    def forward(self, x: SparseTensor) -> SparseTensor:  # type: ignore[override]
+    def forward(self, x: SparseTensor) -> SparseTensor:  # type: ignore[override]  # subclassed to keep state_dict keys
         return x.replace(super().forward(x.feats))
 
 

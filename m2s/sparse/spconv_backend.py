@@ -44,8 +44,8 @@ import functools
 import importlib
 import time
 import warnings
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -77,7 +77,7 @@ class SpconvCpuShimWarning(UserWarning):
 _shim: dict[str, Any] = {"active": False, "original": None}
 
 
-def _install_cpu_stream_shim(ops: ModuleType) -> None:
+def _install_cpu_stream_shim(ops: Any) -> None:  # spconv.pytorch.ops: untyped, and patched here
     """Make ``ops.get_current_stream`` return 0 (the null stream) instead of raising.
 
     Only ever installed when ``torch.cuda.is_available()`` is False, so no CUDA tensor can
@@ -230,24 +230,30 @@ class _SpconvConvFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, feats: torch.Tensor, w: torch.Tensor, pairs: _Pairs, num_out: int, kind: str, sp: _Spconv) -> torch.Tensor:  # type: ignore[override]
+    def forward(
+        ctx, feats: torch.Tensor, w: torch.Tensor, pairs: _Pairs, num_out: int, kind: str, sp: _Spconv
+    ) -> torch.Tensor:
         inverse, subm = kind == "up", kind == "subm"
         ctx.save_for_backward(feats, w)
         ctx.pairs, ctx.inverse, ctx.subm, ctx.sp = pairs, inverse, subm, sp
         with _cpu_threads_one(feats.device):
-            return sp.ops.indice_conv(
-                feats, w, pairs.pairs, pairs.counts, num_out, inverse, subm, algo=sp.native
-            )
+            return sp.ops.indice_conv(feats, w, pairs.pairs, pairs.counts, num_out, inverse, subm, algo=sp.native)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor):
         feats, w = ctx.saved_tensors
         sp = ctx.sp
         with torch.autocast(g.device.type, enabled=False), _cpu_threads_one(g.device):
             gx, gw = sp.ops.indice_conv_backward(
-                feats, w, g.to(feats.dtype).contiguous(), ctx.pairs.pairs, ctx.pairs.counts,
-                ctx.inverse, ctx.subm, algo=sp.native,
+                feats,
+                w,
+                g.to(feats.dtype).contiguous(),
+                ctx.pairs.pairs,
+                ctx.pairs.counts,
+                ctx.inverse,
+                ctx.subm,
+                algo=sp.native,
             )
         return gx, gw, None, None, None, None
 
@@ -340,9 +346,7 @@ class SpconvBackend(SparseBackend):
         if out_dtype not in SPCONV_DTYPES:  # bfloat16: computed in float32, returned as bfloat16
             feats, w = feats.float(), w.float()
         with torch.autocast(x.feats.device.type, enabled=False):
-            out = _SpconvConvFn.apply(
-                feats.contiguous(), _to_spconv_weight(w), pairs, num_out, kind, self.sp
-            )
+            out = _SpconvConvFn.apply(feats.contiguous(), _to_spconv_weight(w), pairs, num_out, kind, self.sp)
         return out.to(out_dtype)
 
     def subm_conv3(self, x: SparseTensor, weight: torch.Tensor) -> SparseTensor:

@@ -73,9 +73,7 @@ def _cast(dirs: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, max_range: flo
     return t
 
 
-def synthetic_scan(
-    num_points: int = 120_000, seed: int = 0, extent: float = 50.0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_scan(num_points: int = 120_000, seed: int = 0, extent: float = 50.0) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded synthetic scan: ``xyz`` float32 (N, 3) in metres and ``intensity`` (N,) in [0, 1].
 
     Exactly ``num_points`` points within ``extent`` metres of the sensor.

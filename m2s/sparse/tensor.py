@@ -97,12 +97,9 @@ class SparseTensor:
         """Same coordinates (and manager), new features with the same number of rows."""
         if feats.dim() != 2 or feats.shape[0] != self.feats.shape[0]:
             raise DataError(
-                f"replacement features must have shape ({self.feats.shape[0]}, C), "
-                f"got {tuple(feats.shape)}"
+                f"replacement features must have shape ({self.feats.shape[0]}, C), got {tuple(feats.shape)}"
             )
-        return SparseTensor(
-            self._coords, feats, self.stride, manager=self.manager, key=self.key
-        )
+        return SparseTensor(self._coords, feats, self.stride, manager=self.manager, key=self.key)
 
     def keys(self) -> torch.Tensor:
         """int64 coordinate keys of the rows (for cross-scale / cross-model lookups)."""
@@ -147,9 +144,7 @@ def validate_input(coords: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     if coords.shape[0] == 0:
         raise DataError("empty input: the sparse tensor has no voxels")
     if feats.shape[0] != coords.shape[0]:
-        raise DataError(
-            f"{coords.shape[0]} coordinates but {feats.shape[0]} feature rows"
-        )
+        raise DataError(f"{coords.shape[0]} coordinates but {feats.shape[0]} feature rows")
     if feats.shape[1] == 0:
         raise DataError("features have zero channels")
     if not feats.is_floating_point():
@@ -170,7 +165,5 @@ def validate_input(coords: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         raise DataError(f"features contain NaN or inf in {bad} voxel(s)")
     keys = pack_keys(coords)
     if torch.unique(keys).numel() != keys.numel():
-        raise DataError(
-            "duplicate voxel coordinates: voxelize the points first (m2s.voxel.voxelize_scan)"
-        )
+        raise DataError("duplicate voxel coordinates: voxelize the points first (m2s.voxel.voxelize_scan)")
     return keys

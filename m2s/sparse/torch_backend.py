@@ -152,7 +152,7 @@ class TorchCoordinateManager:
 
 class _SubmConvFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, kmap: _SubmMap) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, kmap: _SubmMap) -> torch.Tensor:
         out = x.mm(w[CENTER_3])  # the centre offset is the identity map
         for k, in_rows, out_rows in kmap.pairs:
             out.index_add_(0, out_rows, x.index_select(0, in_rows).mm(w[k]))
@@ -162,7 +162,7 @@ class _SubmConvFn(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor):
         x, w = ctx.saved_tensors
         g = g.contiguous()
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -205,14 +205,14 @@ class _StridedConvFn(torch.autograd.Function):
     direction applied with transposed weights."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, dmap: _DownMap, up: bool) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, dmap: _DownMap, up: bool) -> torch.Tensor:
         ctx.save_for_backward(x, w)
         ctx.dmap, ctx.up = dmap, up
         return _grouped_mm(x, w, dmap, to_fine=up, transpose=False)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor):
         x, w = ctx.saved_tensors
         g = g.contiguous()
         dmap, up = ctx.dmap, ctx.up
@@ -240,9 +240,7 @@ def _amp_cast(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 def check_weight(weight: torch.Tensor, volume: int, channels: int) -> None:
     if weight.dim() != 3 or weight.shape[0] != volume or weight.shape[1] != channels:
-        raise ConfigError(
-            f"expected a ({volume}, {channels}, C_out) weight for this input, got {tuple(weight.shape)}"
-        )
+        raise ConfigError(f"expected a ({volume}, {channels}, C_out) weight for this input, got {tuple(weight.shape)}")
 
 
 class TorchBackend(SparseBackend):

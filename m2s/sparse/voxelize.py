@@ -14,14 +14,11 @@ import torch
 from m2s.errors import ConfigError, DataError
 
 
-def voxel_mean(
-    feats: torch.Tensor, point_to_voxel: torch.Tensor, num_voxels: int | None = None
-) -> torch.Tensor:
+def voxel_mean(feats: torch.Tensor, point_to_voxel: torch.Tensor, num_voxels: int | None = None) -> torch.Tensor:
     """Mean of the point features falling into each voxel: (N, C) -> (V, C)."""
     if feats.dim() != 2 or point_to_voxel.dim() != 1 or feats.shape[0] != point_to_voxel.shape[0]:
         raise DataError(
-            f"features (N, C) and point_to_voxel (N,) disagree: {tuple(feats.shape)} vs "
-            f"{tuple(point_to_voxel.shape)}"
+            f"features (N, C) and point_to_voxel (N,) disagree: {tuple(feats.shape)} vs {tuple(point_to_voxel.shape)}"
         )
     if feats.shape[0] == 0:
         raise DataError("no points to average")

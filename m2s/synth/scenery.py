@@ -329,4 +329,3 @@ def build_scenery(rng: Rng, street: Street, layout: Layout, x_lo: float, x_hi: f
         sc.sidewalk_furniture(x_lo, x_hi, side)
         sc.verge_trees(x_lo, x_hi, side)
     return sc.b.build()
-

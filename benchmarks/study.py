@@ -15,6 +15,8 @@ in hard mIoU exceeds twice the standard error with mIoU not lower). Writes study
 study.md (the table) and study.png under --out; reruns reuse finished artifacts (the stages
 are no-ops on identical inputs) and resume killed trainings.
 
+Sizes (--size NAME) are YAML files, pipelines/configs/study/sizes/NAME.yaml.
+
 Usage:
     python benchmarks/study.py                           # 3 seeds, CPU-sized (see README)
     python benchmarks/study.py --seeds 0,1,2,3,4 --jobs 4 --threads 4
@@ -47,54 +49,36 @@ sys.path.insert(0, str(ROOT))
 from m2s.evaluation.report import read_metrics_json  # noqa: E402
 from m2s.evaluation.seeds import MeanStd, StudySummary, paired_difference, summarise_seeds  # noqa: E402
 
-# Benchmark sizes: synthetic data (sequences, generator seed, scan shape), configs, epochs.
-# Generator seed and sequences differ from the demo's (seed 0, 00/01 train, 08 val).
-SIZES: dict[str, dict[str, Any]] = {
-    # Generator 3 (realistic shares: hard classes a few times their real share, docs/synthetic.md):
-    # hard instances are rare, so validation spans 9 sequences; training keeps 90 scans per epoch
-    # (6 x 15). Generator seed 53 was never used to choose anything.
-    "cpu": {
-        "synth": "--sequences 00-14 --test-sequences none --scans 15 --beams 32 --columns 512 --seed 53",
-        "train": "00,01,02,03,04,05",
-        "val": "06,07,08,09,10,11,12,13,14",
-        "teacher": "pipelines/configs/demo-teacher.yaml",
-        "student": "pipelines/configs/demo-student.yaml",
-    },
-    # More distinct actors for the same training compute: 6 x 15 training scans (the same 90 per
-    # epoch) and 18 x 15 validation scans; every model trained to convergence (12 epochs; with
-    # generator 2, the 6-epoch baseline was 6.3 mIoU short of its 12-epoch self) with the converged
-    # teacher. Generator seed 37 has never been used to choose anything.
-    "wide": {
-        "synth": "--sequences 00-23 --test-sequences none --scans 15 --beams 32 --columns 512 --seed 37",
-        "train": "00,01,02,03,04,05",
-        "val": "06,07,08,09,10,11,12,13,14,15,16,17,18,19,20,21,22,23",
-        "teacher": "pipelines/configs/study/teacher-converged.yaml",
-        "student": "pipelines/configs/demo-student.yaml",
-        "epochs": 12,
-    },
-    "demo": {  # the demo's own data (`make demo`), for seed spread of the demo's result
-        "synth": "--sequences 00-14 --test-sequences none --scans 15 --beams 32 --columns 512 --seed 0",
-        "train": "00,01,02,03,04,05",
-        "val": "06,07,08,09,10,11,12,13,14",
-        "teacher": "pipelines/configs/demo-teacher.yaml",
-        "student": "pipelines/configs/demo-student.yaml",
-    },
-    "smoke": {  # seconds: checks the wiring (tests), says nothing about the method
-        "synth": "--sequences 02,05 --test-sequences none --scans 12 --beams 16 --columns 256 --seed 11",
-        "train": "02",
-        "val": "05",
-        "teacher": "pipelines/configs/demo-teacher.yaml",
-        "student": "pipelines/configs/demo-student.yaml",
-    },
-    "full": {
-        "synth": "--sequences 02,03,04,05,06,07 --test-sequences none --scans 120 --beams 64 --columns 2048"
-        " --seed 11 --workers 6",
-        "train": "02,03,04,05",
-        "val": "06,07",
-        "teacher": "pipelines/configs/full-teacher.yaml",
-        "student": "pipelines/configs/full-student.yaml",
-    },
-}
+# Benchmark sizes: one YAML file each (the file name is the --size name) with the synthetic
+# data's `synth` arguments, the `train`/`val` sequences, the `teacher`/`student` configs and
+# optionally `epochs`.
+SIZES_DIR = ROOT / "pipelines" / "configs" / "study" / "sizes"
+SIZE_KEYS = {"synth": str, "train": str, "val": str, "teacher": str, "student": str, "epochs": int}
+REQUIRED_SIZE_KEYS = ("synth", "train", "val", "teacher", "student")
+
+
+def load_sizes(folder: Path = SIZES_DIR) -> dict[str, dict[str, Any]]:
+    """Every `<name>.yaml` under `folder` as a size; a file with a missing, unknown or mistyped
+    key is refused with its name."""
+    sizes: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a study size must be a mapping")
+        unknown = sorted(set(data) - set(SIZE_KEYS))
+        missing = [k for k in REQUIRED_SIZE_KEYS if k not in data]
+        if unknown or missing:
+            raise ValueError(f"{path}: unknown keys {unknown}, missing keys {missing} (keys: {sorted(SIZE_KEYS)})")
+        wrong = [k for k, v in data.items() if not isinstance(v, SIZE_KEYS[k]) or isinstance(v, bool)]
+        if wrong:
+            raise ValueError(f"{path}: {wrong} must be {[SIZE_KEYS[k].__name__ for k in wrong]}")
+        sizes[path.stem] = data
+    if not sizes:
+        raise ValueError(f"no study sizes (*.yaml) in {folder}")
+    return sizes
+
+
+SIZES: dict[str, dict[str, Any]] = load_sizes()
 
 
 def with_generator_seed(synth_args: str, seed: int) -> str:

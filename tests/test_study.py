@@ -108,7 +108,7 @@ def test_study_script_end_to_end(tmp_path: Path) -> None:
     merged = yaml.safe_load(Path(result["variants"]["joint-tc"]["config"]).read_text())
     smoke_student = yaml.safe_load((ROOT / "pipelines/configs/demo-student.yaml").read_text())
     assert merged["model"] == smoke_student["model"] and merged["epochs"] == smoke_student["epochs"]
-    assert merged["distill"] == {"mode": "joint", "logit_voxels": "teacher_correct"}
+    assert merged["distill"] == {"mode": "joint", "logit": {"voxels": "teacher_correct"}}
     full = result["per_seed"]
     paired = result["summary"]["paired"]["joint"]["hard_miou"]
     per_seed_diff = [result["per_seed"][s]["joint"]["hard_miou"] - result["per_seed"][s]["baseline"]["hard_miou"] for s in ("0", "1")]
@@ -180,3 +180,19 @@ def test_study_reports_whether_the_teacher_beats_the_baseline_where_fusion_adds_
     lines = study.teacher_check({0: seed(78.0, 40.0), 1: seed(78.0, 40.0)}, ["person"])
     assert lines[-1].endswith("| not met |") and "car -2.0" in lines[-1]
     assert study.teacher_check({0: {"baseline": seed(80, 30)["baseline"]}}, ["person"]) == []
+
+
+def test_study_sizes_are_the_yaml_files_and_a_broken_one_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = load_study_script(monkeypatch)
+    files = sorted(p.stem for p in (ROOT / "pipelines" / "configs" / "study" / "sizes").glob("*.yaml"))
+    assert sorted(study.SIZES) == files and {"cpu", "smoke", "wide"} <= set(files)
+    assert study.SIZES["smoke"]["train"] == "02" and study.SIZES["wide"]["epochs"] == 12
+    good = "synth: --seed 1\ntrain: '00'\nval: '01'\nteacher: t.yaml\nstudent: s.yaml\n"
+    (tmp_path / "ok.yaml").write_text(good)
+    assert study.load_sizes(tmp_path)["ok"]["val"] == "01"
+    for bad, why in ((good + "epoch: 3\n", "unknown"), (good.replace("val: '01'\n", ""), "missing"), (good + "epochs: many\n", "epochs")):
+        (tmp_path / "bad.yaml").write_text(bad)
+        with pytest.raises(ValueError, match=why) as err:
+            study.load_sizes(tmp_path)
+        assert "bad.yaml" in str(err.value)
+        (tmp_path / "bad.yaml").unlink()

@@ -530,10 +530,10 @@ def test_graph_knn_matches_brute_force_within_samples() -> None:
     coords = unique_coords(n, batches=3, extent=32, seed=70)
     feats = randn(n, 16, seed=71)
     kd = LocalGraphKD(16, 16, num_queries=50, k=8, max_chunk_elements=1000)
-    order = torch.sort(pack_keys(coords)).indices  # _knn works on coordinate-ordered rows
+    order = torch.sort(pack_keys(coords)).indices  # knn works on coordinate-ordered rows
     t, batch = feats[order], coords[order, 0].long()
     queries = torch.arange(0, n, 7)
-    idx, valid = kd._knn(t, batch, queries)
+    idx, valid = kd.knn(t, batch, queries)
     assert bool(valid.all())
     d = torch.cdist(t[queries], t, compute_mode="donot_use_mm_for_euclid_dist")
     d[batch[queries].unsqueeze(1) != batch.unsqueeze(0)] = float("inf")

@@ -475,7 +475,7 @@ class LocalGraphKD(nn.Module):
         return order[rank < self.num_queries]
 
     @torch.no_grad()
-    def _knn(self, t: Tensor, batch: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
+    def knn(self, t: Tensor, batch: Tensor, queries: Tensor) -> tuple[Tensor, Tensor]:
         """(Q, k') neighbour rows in teacher feature space within each query's sample, and their
         validity; k' = min(k, largest sample), slots past a smaller sample's size are invalid.
 
@@ -542,7 +542,7 @@ class LocalGraphKD(nn.Module):
             None if teacher_logits is None else teacher_logits[perm].detach(),
         )
         queries = self._select(score, ordered, batch)
-        neighbours, valid = self._knn(t, batch, queries)
+        neighbours, valid = self.knn(t, batch, queries)
 
         g_s = self.student_adapter(s, queries, neighbours, valid)
         teacher_adapter = self.teacher_adapter if self.teacher_adapter is not None else self.student_adapter

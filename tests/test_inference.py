@@ -88,10 +88,11 @@ def test_predictor_equals_a_direct_forward_pass(tiny_data, model: Path) -> None:
 def test_out_of_range_points_take_the_class_of_their_nearest_in_range_point(tiny_data, model: Path) -> None:
     loaded = load_model_artifact(model, backend="torch")
     scan = Sequence(tiny_data.root, "08").read_scan(0)
-    # Far copies of a few in-range points, just outside the range along x: nearest to their originals.
+    # Far copies of the in-range points farthest along x, moved just outside the range along x.
     hi_x = loaded.voxel.point_range[3]
-    inside = np.flatnonzero((scan[:, 0] > hi_x - 5) & (scan[:, 0] < hi_x) & (np.abs(scan[:, 1]) < 40))
-    assert inside.size > 0
+    candidates = np.flatnonzero((scan[:, 0] < hi_x) & (np.abs(scan[:, 1]) < 40))
+    inside = candidates[np.argsort(scan[candidates, 0])[-20:]]
+    assert inside.size == 20 and scan[inside, 0].min() > 0
     far = scan[inside].copy()
     far[:, 0] = hi_x + 0.001  # just beyond x_max (half-open range)
     alone = Predictor(loaded).predict([scan])[0]

@@ -56,7 +56,9 @@ def test_teacher_learns_well_beyond_chance_and_writes_a_model_artifact(trained_t
     counts = np.bincount(gt[gt > 0], minlength=20)
     majority_miou = (counts.max() / counts.sum()) / 19
     best = manifest.metrics["best_miou"]
-    assert best > 0.12 and best > 3 * majority_miou, (best, majority_miou)
+    # generator 3's tiny draw (clutter, ignored points, more classes) is harder than generator 2's:
+    # the 8-epoch teacher reaches about 0.10, over 6x the majority-class mIoU (about 0.015)
+    assert best > 0.08 and best > 5 * majority_miou, (best, majority_miou)
     assert manifest.config["role"] == "teacher" and manifest.config["input"] == "fused"
     assert manifest.config["label_digest"] == labels.digest()
     assert {i.id for i in manifest.inputs} >= {open_fused_cache(tiny_data.train_cache).content_id}

@@ -13,7 +13,15 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from m2s.errors import M2SError
 
@@ -58,7 +66,9 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def progress_bar(label: str, *middle: ProgressColumn | str, console: Console = out, transient: bool = False) -> Progress:
+def progress_bar(
+    label: str, *middle: ProgressColumn | str, console: Console = out, transient: bool = False
+) -> Progress:
     """The one progress-bar layout of the CLI: label, bar, done/total, extra columns, times."""
     return Progress(
         TextColumn(label),

@@ -31,7 +31,10 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue a killed run fr
 Labels = Annotated[Path | None, typer.Option("--labels", help="Label manifest YAML (default: shipped).")]
 TensorBoard = Annotated[
     Path | None,
-    typer.Option("--tensorboard", help="Also write the per-epoch scalars as TensorBoard events to DIR (needs the tensorboard extra)."),
+    typer.Option(
+        "--tensorboard",
+        help="Also write the per-epoch scalars as TensorBoard events to DIR (needs the tensorboard extra).",
+    ),
 ]
 
 
@@ -62,8 +65,9 @@ class TrainingArgs:
     def overrides(self) -> dict[str, Any]:
         """Dotted config keys the options override (None: not given, the config's value stays)."""
         return {
-            "epochs": self.epochs, "optim.batch_size": self.batch_size, "optim.lr": self.lr, "backend": self.backend,
-            "device": self.device, "data.num_workers": self.workers, "data.max_scans": self.max_scans, "seed": self.seed,
+            "epochs": self.epochs, "optim.batch_size": self.batch_size, "optim.lr": self.lr,
+            "backend": self.backend, "device": self.device, "data.num_workers": self.workers,
+            "data.max_scans": self.max_scans, "seed": self.seed,
         }  # fmt: skip
 
     def run_options(self, hooks: list[Hook]) -> RunOptions:

@@ -123,7 +123,9 @@ def load_model_artifact(
     net = build_model(model_cfg, backend)
     missing, unexpected = net.load_state_dict(load_state_dict_file(weights), strict=False)
     if missing or unexpected:
-        raise ArtifactError(f"{weights}: weights do not fit the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ArtifactError(
+            f"{weights}: weights do not fit the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     net.to(dev).eval()
     return LoadedModel(net=net, manifest=manifest, path=folder, model_cfg=model_cfg, voxel=voxel, device=dev)
 
@@ -160,10 +162,12 @@ class Predictor:
         if offset == 0:
             return [np.zeros(np.asarray(s).shape[0], dtype=np.int64) for s in scans]
         dev = self.loaded.device
-        x = SparseTensor(torch.from_numpy(np.concatenate(coords_list)).to(dev), torch.from_numpy(np.concatenate(feats_list)).to(dev))
+        x = SparseTensor(
+            torch.from_numpy(np.concatenate(coords_list)).to(dev), torch.from_numpy(np.concatenate(feats_list)).to(dev)
+        )
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = self.loaded.net(x)
         voxel_pred = logits.argmax(dim=1).cpu().numpy()
-        for pts, p2v, kept in zip(scans, p2v_list, kept_list):
+        for pts, p2v, kept in zip(scans, p2v_list, kept_list, strict=True):
             results.append(fill_unpredicted(np.asarray(pts)[:, :3], kept, voxel_pred[p2v]))
         return results

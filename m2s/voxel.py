@@ -163,4 +163,6 @@ def voxelize_scan(
 
 def batch_coords(coords: list[np.ndarray]) -> np.ndarray:
     """Stack per-sample (V_b, 3) voxel coordinates into one int32 (V, 4) ``[b, x, y, z]`` array."""
-    return np.concatenate([np.concatenate([np.full((c.shape[0], 1), b, np.int32), c], axis=1) for b, c in enumerate(coords)])
+    return np.concatenate(
+        [np.concatenate([np.full((c.shape[0], 1), b, np.int32), c], axis=1) for b, c in enumerate(coords)]
+    )

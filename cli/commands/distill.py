@@ -32,12 +32,18 @@ from m2s.distill.choices import KdChoice, ModeChoice
 def distill(
     cache: Cache,
     out_dir: Out,
-    teacher: Path | None = typer.Option(None, "--teacher", help="Teacher `model` artifact (not needed with --kd none)."),
+    teacher: Path | None = typer.Option(
+        None, "--teacher", help="Teacher `model` artifact (not needed with --kd none)."
+    ),
     val_cache: ValCache = [],  # noqa: B006 (typer reads the default, never mutates it)
     config: Path | None = typer.Option(None, "--config", help="Student config YAML (training + `distill:` section)."),
-    kd: KdChoice = typer.Option(KdChoice.config, "--kd", help="'config': distillation terms from the config; 'none': baseline student."),
+    kd: KdChoice = typer.Option(
+        KdChoice.config, "--kd", help="'config': distillation terms from the config; 'none': baseline student."
+    ),
     mode: ModeChoice | None = typer.Option(
-        None, "--mode", help="frozen: learn from the --teacher artifact; joint: one shared-weight net on both views "
+        None,
+        "--mode",
+        help="frozen: learn from the --teacher artifact; joint: one shared-weight net on both views "
         "(the official M2SKD scheme, no teacher artifact). Default: the config's distill.mode.",
     ),
     epochs: Epochs = None,

@@ -23,7 +23,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from m2s.distill.choices import KdChoice
 from m2s.distill.terms import TERMS, AffinityConfig, FeatureConfig, GraphConfig, LogitConfig, TermConfig
@@ -76,7 +84,10 @@ def nest_flat_keys(data: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(sub, dict):
             raise ValueError(f"distill.{term} must be a mapping, got {sub!r}")
         if key in sub and sub[key] != data[flat]:
-            raise ValueError(f"distill.{flat} ({data[flat]!r}) disagrees with distill.{term}.{key} ({sub[key]!r}); keep only the latter")
+            raise ValueError(
+                f"distill.{flat} ({data[flat]!r}) disagrees with distill.{term}.{key} ({sub[key]!r}); "
+                "keep only the latter"
+            )
         sub[key] = data[flat]
     return out
 
@@ -120,7 +131,7 @@ class DistillConfig(BaseModel):
         return nest_flat_keys(data) if isinstance(data, Mapping) else data
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DistillConfig":
+    def _consistent(self) -> DistillConfig:
         if self.mode == "joint" and self.teacher_view != "fused":
             raise ValueError("joint mode's teacher is its own fused-view branch: teacher_view must be 'fused'")
         return self
@@ -139,12 +150,12 @@ class DistillConfig(BaseModel):
         return getattr(self, name)
 
     @classmethod
-    def baseline(cls) -> "DistillConfig":
+    def baseline(cls) -> DistillConfig:
         """Every distillation term off: plain single-scan training (`--kd none`)."""
         return cls.model_validate({name: {"weight": 0.0} for name in TERMS})
 
     @classmethod
-    def parse(cls, data: Mapping[str, Any] | None) -> "DistillConfig":
+    def parse(cls, data: Mapping[str, Any] | None) -> DistillConfig:
         """Build from a plain mapping (e.g. a YAML section), turning validation errors into ConfigError."""
         try:
             return cls.model_validate(dict(data or {}))
@@ -202,20 +213,26 @@ class TeacherChoice(BaseModel):
     kd: KdChoice = KdChoice.config
 
     @model_validator(mode="after")
-    def _rules(self) -> "TeacherChoice":
+    def _rules(self) -> TeacherChoice:
         if self.kd == KdChoice.none:
             return self  # the baseline: a given --teacher is not used
         d = self.distill
         if d.is_baseline and self.artifact is not None:
             raise ValueError("every distillation weight in the config is 0 but --teacher was given; use --kd none")
         if d.mode == "joint" and self.artifact is not None:
-            raise ValueError("joint mode (distill.mode: joint) trains its own fused-view teacher branch; drop --teacher")
+            raise ValueError(
+                "joint mode (distill.mode: joint) trains its own fused-view teacher branch; drop --teacher"
+            )
         if d.needs_teacher_artifact and self.artifact is None:
-            raise ValueError("distillation needs --teacher MODEL (or --mode joint, or --kd none for the baseline student)")
+            raise ValueError(
+                "distillation needs --teacher MODEL (or --mode joint, or --kd none for the baseline student)"
+            )
         return self
 
     @classmethod
-    def parse(cls, distill: DistillConfig, artifact: Path | None, kd: KdChoice | str = KdChoice.config) -> "TeacherChoice":
+    def parse(
+        cls, distill: DistillConfig, artifact: Path | None, kd: KdChoice | str = KdChoice.config
+    ) -> TeacherChoice:
         """Validate, turning a broken rule into a one-line ConfigError."""
         try:
             return cls(distill=distill, artifact=artifact, kd=KdChoice(kd))

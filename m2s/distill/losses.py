@@ -252,7 +252,9 @@ def _salt(generator: torch.Generator | None) -> int:
     return 0 if generator is None else int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
 
 
-def _check_affinity_inputs(name: str, student: Tensor, teacher: Tensor, max_points: int, loss: PairLoss, **rows: Tensor) -> int:
+def _check_affinity_inputs(
+    name: str, student: Tensor, teacher: Tensor, max_points: int, loss: PairLoss, **rows: Tensor
+) -> int:
     n = _check_rows(name, student=student, teacher=teacher, **rows)
     if student.shape != teacher.shape:
         raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in shape")
@@ -294,8 +296,16 @@ def instance_affinity_kd(
       keeps the relation between instances of one class that the per-class affinity of
       :func:`class_affinity_kd` captures, at O(num_instances^2) cost.
     """
-    n = _check_affinity_inputs("instance_affinity_kd", student, teacher, max_points, loss,
-                               instance_key=instance_key, class_id=class_id, coords=coords)
+    n = _check_affinity_inputs(
+        "instance_affinity_kd",
+        student,
+        teacher,
+        max_points,
+        loss,
+        instance_key=instance_key,
+        class_id=class_id,
+        coords=coords,
+    )
     keep = instance_key.long() > 0
     if exclude_classes:
         keep &= ~hard_mask(class_id, list(exclude_classes))
@@ -350,8 +360,9 @@ def class_affinity_kd(
     voxels is subsampled by coordinate hash (the original code has no cap; its dense P x P
     matrix is what the cap bounds).
     """
-    n = _check_affinity_inputs("class_affinity_kd", student, teacher, max_points, loss,
-                               class_id=class_id, coords=coords)
+    n = _check_affinity_inputs(
+        "class_affinity_kd", student, teacher, max_points, loss, class_id=class_id, coords=coords
+    )
     sel = hard_mask(class_id, list(classes)).nonzero().squeeze(1) if len(classes) else class_id.new_zeros(0)
     if n == 0 or sel.numel() == 0:
         return _zero(student)
@@ -429,8 +440,7 @@ class LocalGraphKD(nn.Module):
             raise ConfigError(f"score_temperature must be > 0, got {score_temperature}")
         if share_adapters and student_channels != teacher_channels:
             raise ConfigError(
-                f"share_adapters needs equal widths, got student {student_channels}, "
-                f"teacher {teacher_channels}"
+                f"share_adapters needs equal widths, got student {student_channels}, teacher {teacher_channels}"
             )
         self.student_channels = student_channels
         self.teacher_channels = teacher_channels
@@ -491,7 +501,7 @@ class LocalGraphKD(nn.Module):
         idx = queries.unsqueeze(1).repeat(1, k_out)
         valid = torch.zeros(queries.numel(), k_out, dtype=torch.bool, device=t.device)
         t = t.float()
-        for j, (hi, n) in enumerate(zip(ends.tolist(), counts.tolist())):
+        for j, (hi, n) in enumerate(zip(ends.tolist(), counts.tolist(), strict=True)):
             rows = (slot == j).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
@@ -518,9 +528,15 @@ class LocalGraphKD(nn.Module):
     ) -> Tensor:
         """Matched rows: student (V, Cs), teacher (V, Ct), coords (V, 4); `density` (V,) for the
         density score, logits (V, K) for the disagreement score. Returns a scalar."""
-        n = _check_rows("LocalGraphKD", student_feats=student_feats, teacher_feats=teacher_feats,
-                        coords=coords, density=density, student_logits=student_logits,
-                        teacher_logits=teacher_logits)
+        n = _check_rows(
+            "LocalGraphKD",
+            student_feats=student_feats,
+            teacher_feats=teacher_feats,
+            coords=coords,
+            density=density,
+            student_logits=student_logits,
+            teacher_logits=teacher_logits,
+        )
         if student_feats.shape[1] != self.student_channels or teacher_feats.shape[1] != self.teacher_channels:
             raise ConfigError(
                 f"LocalGraphKD built for {self.student_channels}/{self.teacher_channels} channels, "

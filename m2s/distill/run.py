@@ -55,6 +55,8 @@ def run_distillation(
 
     def make_module(net: torch.nn.Module, loss: SegmentationLoss, _caches: list[FusedCache]) -> torch.nn.Module:
         # The teacher is picked here, once: none (baseline), the frozen artifact, or joint.
-        return DistillModule(net, loss, cfg, labels, pick_teacher(cfg.distill, net, feature_channels(cfg.model), loss, loaded))
+        return DistillModule(
+            net, loss, cfg, labels, pick_teacher(cfg.distill, net, feature_channels(cfg.model), loss, loaded)
+        )
 
     return run_training(spec, cfg, labels, make_module, opts)

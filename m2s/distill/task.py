@@ -19,7 +19,7 @@ term is computed on the student's voxels.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -27,14 +27,14 @@ from torch import nn
 from m2s.distill.config import DistillConfig
 from m2s.distill.correspondence import BatchCorrespondence
 from m2s.distill.losses import hard_mask, voxel_weights
-from m2s.distill.terms import TERMS, KDContext, TermSetup
 from m2s.distill.teachers import Teacher, pick_teacher, run_net
+from m2s.distill.terms import TERMS, KDContext, KDTerm, TermSetup
 from m2s.errors import ConfigError
 from m2s.inference import LoadedModel, load_model_artifact
 from m2s.labels import LabelManifest
 from m2s.models import feature_channels
 from m2s.train.config import TrainConfig
-from m2s.train.dataset import Batch, ViewBatch
+from m2s.train.dataset import Batch
 from m2s.train.losses import SegmentationLoss
 from m2s.train.task import task_loss
 
@@ -99,12 +99,16 @@ class DistillModule(nn.Module):
         setup = TermSetup(s_ch, teacher.channels() if teacher is not None else s_ch, labels)
         # Built in registration order (their parameters, initialisation and sum follow it).
         self.terms = nn.ModuleDict(
-            {name: term_cls(self.kd.term(name), setup) for name, term_cls in TERMS.items() if self.kd.term(name).weight > 0}
+            {
+                name: term_cls(self.kd.term(name), setup)
+                for name, term_cls in TERMS.items()
+                if self.kd.term(name).weight > 0
+            }
         )
-        self.needed_features = sorted(set().union(*(t.features() for t in self.terms.values())))
+        self.needed_features = sorted(set().union(*(cast(KDTerm, t).features() for t in self.terms.values())))
         self.register_load_state_dict_pre_hook(_checkpoint_keys_before_terms)
 
-    def train(self, mode: bool = True) -> "DistillModule":
+    def train(self, mode: bool = True) -> DistillModule:
         super().train(mode)
         if self.teacher is not None:
             self.teacher.train_mode(mode)
@@ -149,8 +153,8 @@ _OLD_PREFIXES = {"adapters.": "terms.feature.adapters.", "graph.": "terms.graph.
 def _checkpoint_keys_before_terms(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
     """Let `--resume` load a checkpoint written before the terms were modules (same tensors)."""
     for key in [k for k in state_dict if k.startswith(prefix)]:
-        rest = key[len(prefix):]
+        rest = key[len(prefix) :]
         for old, new in _OLD_PREFIXES.items():
             if rest.startswith(old):
-                state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
+                state_dict[prefix + new + rest[len(old) :]] = state_dict.pop(key)
                 break

@@ -70,7 +70,7 @@ class Teacher(ABC):
         """Loss terms the teacher itself trains with (joint mode's fused-branch CE); none by default."""
         return {}
 
-    def train_mode(self, mode: bool) -> None:
+    def train_mode(self, mode: bool) -> None:  # noqa: B027 - an optional hook: a no-op unless overridden
         """Called whenever the student module switches between train and eval mode."""
 
 
@@ -101,7 +101,9 @@ class FrozenTeacher(Teacher):
 class JointTeacher(Teacher):
     """The student's own network on the fused view (shared weights, train mode, gradients)."""
 
-    def __init__(self, student: nn.Module, channels: dict[str, int], loss: SegmentationLoss, fused_ce_weight: float) -> None:
+    def __init__(
+        self, student: nn.Module, channels: dict[str, int], loss: SegmentationLoss, fused_ce_weight: float
+    ) -> None:
         self.student = student  # a reference, not a submodule: the student module owns the net
         self._channels = channels
         self.loss = loss
@@ -124,7 +126,9 @@ class JointTeacher(Teacher):
         assert out.branch_logits is not None
         return {"ce_fused": self.fused_ce_weight * self.fused_ce(out.branch_logits, corr, single, out.view)}
 
-    def fused_ce(self, f_logits: torch.Tensor, corr: BatchCorrespondence, single: ViewBatch, fused: ViewBatch) -> torch.Tensor:
+    def fused_ce(
+        self, f_logits: torch.Tensor, corr: BatchCorrespondence, single: ViewBatch, fused: ViewBatch
+    ) -> torch.Tensor:
         """Class-weighted cross-entropy of the fused branch on the voxels whose label fusion
         changed: absent from the single view, or with another majority label there."""
         rows, found = corr.fused_in_single

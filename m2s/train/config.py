@@ -62,7 +62,7 @@ class LossConfig(_Strict):
     appended_ce_weight: float = Field(0.2, ge=0)
 
     @model_validator(mode="after")
-    def _appended_needs_points(self) -> "LossConfig":
+    def _appended_needs_points(self) -> LossConfig:
         if self.appended == "own" and self.level != "points":
             raise ValueError("appended: own needs level: points (a voxel mixes own and appended points)")
         return self

@@ -9,7 +9,7 @@ with the same integer coordinates (the distillation stage relies on that).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from m2s.errors import ConfigError
 from m2s.fuse import FusedBlock, FusedCache
 from m2s.labels import LabelManifest
 from m2s.train.config import AugmentConfig
+
 # The grid lives in m2s.voxel; these names stay importable from here for older callers.
 from m2s.voxel import (  # noqa: F401  (re-exports)
     VoxelConfig,
@@ -171,7 +172,7 @@ class ScanDataset(Dataset):
             xyz = augment_points(xyz, self.augment, rng)
         rem = block.points[:, 3]
         fused_rows = self._fused_rows(block, i)
-        views = {}
+        views: dict[str, View] = {}
         for name in self.views:
             rows = fused_rows if name == "fused" else slice(0, block.n_target)
             view = self._make_view(xyz[rows], rem[rows], block.label[rows], self._hard_raw[ci], source, block.n_target)
@@ -195,7 +196,7 @@ class ScanDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i, 1])
         words = block.label[n:]
         instances, inverse = np.unique(words, return_inverse=True)  # label word = class + instance
-        kept_instances = rng.random(instances.shape[0]) < keep
+        kept_instances = rng.random(size=int(instances.shape[0])) < keep
         return np.concatenate([np.arange(n), n + np.flatnonzero(kept_instances[inverse.reshape(-1)])])
 
     def class_frequencies(self, view: ViewName, max_scans: int) -> np.ndarray:
@@ -229,11 +230,11 @@ class ViewBatch:
     points_per_sample: list[int]
     voxels_per_sample: list[int]
 
-    def to(self, device: torch.device) -> "ViewBatch":
+    def to(self, device: torch.device) -> ViewBatch:
         moved = {
             k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()
         }
-        return ViewBatch(**moved)
+        return ViewBatch(**cast(dict[str, Any], moved))
 
 
 @dataclass
@@ -241,7 +242,7 @@ class Batch:
     views: dict[str, ViewBatch]
     samples: list[Sample]
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         return Batch(views={k: v.to(device) for k, v in self.views.items()}, samples=self.samples)
 
 
@@ -259,11 +260,17 @@ def collate_views(samples: list[Sample]) -> Batch:
         views[name] = ViewBatch(
             coords=torch.from_numpy(coords),
             feats=torch.from_numpy(np.concatenate([v.feats for v in vs])),
-            point_to_voxel=torch.from_numpy(np.concatenate([v.point_to_voxel + voxel_offsets[b] for b, v in enumerate(vs)])),
+            point_to_voxel=torch.from_numpy(
+                np.concatenate([v.point_to_voxel + voxel_offsets[b] for b, v in enumerate(vs)])
+            ),
             point_labels=torch.from_numpy(np.concatenate([v.point_labels for v in vs])),
-            point_instance=torch.from_numpy(np.concatenate([_unique_instance(v.point_instance, b) for b, v in enumerate(vs)])),
+            point_instance=torch.from_numpy(
+                np.concatenate([_unique_instance(v.point_instance, b) for b, v in enumerate(vs)])
+            ),
             voxel_labels=torch.from_numpy(np.concatenate([v.voxel_labels for v in vs])),
-            voxel_instance=torch.from_numpy(np.concatenate([_unique_instance(v.voxel_instance, b) for b, v in enumerate(vs)])),
+            voxel_instance=torch.from_numpy(
+                np.concatenate([_unique_instance(v.voxel_instance, b) for b, v in enumerate(vs)])
+            ),
             voxel_count=torch.from_numpy(np.concatenate([v.voxel_count for v in vs])),
             point_own=torch.from_numpy(np.concatenate([v.point_own for v in vs])),
             points_per_sample=[v.point_to_voxel.shape[0] for v in vs],

@@ -28,12 +28,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from m2s.errors import ConfigError, M2SError
 from m2s.evaluation.metrics import ConfusionAccumulator
+from m2s.inference import fill_unpredicted, view_to_sparse
 from m2s.io_utils import atomic_path
 from m2s.labels import LabelManifest
 from m2s.train.config import OptimConfig, TrainConfig
 from m2s.train.dataset import ScanDataset, ViewBatch, collate_views
 from m2s.train.hooks import FitState, Hook, JsonlLog, StepInfo
-from m2s.inference import fill_unpredicted, view_to_sparse
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
@@ -180,7 +180,7 @@ def validate(
         view = batch.views[view_name].to(device)
         point_pred = predict_batch(net, view, autocast).cpu().numpy()
         start = 0
-        for s, n in zip(batch.samples, view.points_per_sample):
+        for s, n in zip(batch.samples, view.points_per_sample, strict=True):
             v = s.views[view_name]
             pred_kept = point_pred[start : start + n]
             start += n
@@ -234,7 +234,9 @@ class Trainer:
         self.eval_view = eval_view
         # The artifact's log first, then the caller's hooks; only rank 0 runs any (the other
         # ranks train silently).
-        self.hooks: list[Hook] = [JsonlLog(self.out_dir / "log.jsonl", cfg.log_every), *(hooks or [])] if ctx.is_main else []
+        self.hooks: list[Hook] = (
+            [JsonlLog(self.out_dir / "log.jsonl", cfg.log_every), *(hooks or [])] if ctx.is_main else []
+        )
         self.module = module.to(ctx.device)
         if cfg.sync_bn and ctx.distributed:
             self.module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.module)
@@ -247,7 +249,7 @@ class Trainer:
             )
         self.train_ds = train_ds
         self.val_ds = val_ds
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler[int] = DistributedSampler(
             train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=False
         )
         workers = cfg.data.num_workers
@@ -426,7 +428,9 @@ class Trainer:
             is_last = epoch + 1 == self.cfg.epochs
             if self.val_loader is not None and ((epoch + 1) % self.cfg.val_every == 0 or is_last):
                 if self.ctx.is_main:
-                    val = validate(self.net, self.val_loader, self.eval_view, self.labels, self.ctx.device, self.autocast)
+                    val = validate(
+                        self.net, self.val_loader, self.eval_view, self.labels, self.ctx.device, self.autocast
+                    )
                     record["val"] = val
                     result.last_val = val
                     if not (val["miou"] <= result.best_miou):  # first, or better

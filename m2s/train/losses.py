@@ -57,6 +57,8 @@ def lovasz_softmax(probs: torch.Tensor, labels: torch.Tensor, ignore_index: int 
 class SegmentationLoss(torch.nn.Module):
     """`ce_weight * CE(weighted) + lovasz_weight * Lovasz` on points or voxels."""
 
+    class_weights: torch.Tensor  # a buffer (empty: unweighted); declared so type checkers see a Tensor
+
     def __init__(self, cfg: LossConfig, class_weights: np.ndarray | None) -> None:
         super().__init__()
         self.cfg = cfg

@@ -50,8 +50,20 @@ from m2s.train.tensorboard import TensorBoardLog, require_tensorboard
 
 # Older import paths (m2s.train.run was the catch-all): the supervised task and weight saving.
 __all__ = [
-    "BuiltRun", "RunOptions", "RunPlan", "RunSpec", "SupervisedModule", "build_run", "class_weights_for",
-    "plan_run", "run_teacher", "run_training", "save_weights", "task_loss", "teacher_module", "write_model_manifest",
+    "BuiltRun",
+    "RunOptions",
+    "RunPlan",
+    "RunSpec",
+    "SupervisedModule",
+    "build_run",
+    "class_weights_for",
+    "plan_run",
+    "run_teacher",
+    "run_training",
+    "save_weights",
+    "task_loss",
+    "teacher_module",
+    "write_model_manifest",
 ]
 
 Role = Literal["teacher", "student", "baseline"]
@@ -188,10 +200,18 @@ def build_run(plan: RunPlan, make_module: ModuleFactory, ctx: RunContext) -> Bui
     cfg, spec, labels, out = plan.cfg, plan.spec, plan.labels, plan.opts.out
     torch.manual_seed(cfg.seed)
     train_ds = ScanDataset(
-        plan.caches, labels, cfg.voxel, spec.dataset_views, augment=cfg.augment, seed=cfg.seed, max_scans=cfg.data.max_scans
+        plan.caches,
+        labels,
+        cfg.voxel,
+        spec.dataset_views,
+        augment=cfg.augment,
+        seed=cfg.seed,
+        max_scans=cfg.data.max_scans,
     )
     val_ds = (
-        ScanDataset(plan.val_caches, labels, cfg.voxel, (spec.eval_view,), max_scans=cfg.data.val_max_scans, keep_original=True)
+        ScanDataset(
+            plan.val_caches, labels, cfg.voxel, (spec.eval_view,), max_scans=cfg.data.val_max_scans, keep_original=True
+        )
         if plan.val_caches
         else None
     )
@@ -216,7 +236,13 @@ def write_model_manifest(plan: RunPlan, run: BuiltRun, result: TrainResult) -> M
     """The finished run's `model` artifact: plot, file digests, metrics, manifest."""
     out, manifest = plan.opts.out, plan.manifest
     plot_training(result.history, out / TRAINING_PLOT, title=f"{plan.spec.role}: {out.name}")
-    files = [weights_file("best"), weights_file("last"), f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT}", "log.jsonl", TRAINING_PLOT]
+    files = [
+        weights_file("best"),
+        weights_file("last"),
+        f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT}",
+        "log.jsonl",
+        TRAINING_PLOT,
+    ]
     manifest.files = describe_files(out, files)
     manifest.metrics = {
         "best_epoch": result.best_epoch,

@@ -34,7 +34,9 @@ class SupervisedModule(torch.nn.Module):
         return task_loss(self.loss, logits, v)
 
 
-def task_loss(loss: SegmentationLoss, voxel_logits: torch.Tensor, view: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def task_loss(
+    loss: SegmentationLoss, voxel_logits: torch.Tensor, view: Any
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     if loss.cfg.level != "points":
         return loss(voxel_logits, view.voxel_labels)
     if loss.cfg.appended == "own":
@@ -42,7 +44,9 @@ def task_loss(loss: SegmentationLoss, voxel_logits: torch.Tensor, view: Any) -> 
         # (none in a single view or a block fusion added nothing to: then that term is 0).
         own = torch.nonzero(view.point_own).squeeze(1)
         appended = torch.nonzero(~view.point_own).squeeze(1)
-        total, terms = loss(voxel_logits.index_select(0, view.point_to_voxel.index_select(0, own)), view.point_labels[own])
+        total, terms = loss(
+            voxel_logits.index_select(0, view.point_to_voxel.index_select(0, own)), view.point_labels[own]
+        )
         extra = loss.cross_entropy(
             voxel_logits.index_select(0, view.point_to_voxel.index_select(0, appended)), view.point_labels[appended]
         )

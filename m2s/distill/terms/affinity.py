@@ -36,7 +36,7 @@ class AffinityConfig(TermConfig):
         return sorted(set(v))
 
     @model_validator(mode="after")
-    def _layer_for_features(self) -> "AffinityConfig":
+    def _layer_for_features(self) -> AffinityConfig:
         if self.weight > 0 and self.source == "features" and not self.layer:
             raise ValueError("affinity.source 'features' needs affinity.layer")
         return self

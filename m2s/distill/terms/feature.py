@@ -25,7 +25,7 @@ class FeatureConfig(TermConfig):
         return v
 
     @model_validator(mode="after")
-    def _layers_when_on(self) -> "FeatureConfig":
+    def _layers_when_on(self) -> FeatureConfig:
         if self.weight > 0 and not self.layers:
             raise ValueError("feature.weight > 0 needs at least one entry in feature.layers")
         return self

@@ -63,7 +63,7 @@ def handle_errors(fn: F) -> F:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps fn's signature at run time
 
 
 def progress_bar(

@@ -448,4 +448,4 @@ class Trainer:
 
     @property
     def net(self) -> torch.nn.Module:
-        return self.module.net  # type: ignore[return-value]
+        return self.module.net  # type: ignore[return-value]  # nn.Module.__getattr__ is typed Tensor | Module

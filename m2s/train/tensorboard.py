@@ -51,6 +51,6 @@ class TensorBoardLog:
 def require_tensorboard() -> None:
     """Fail early, with one line, when the package is missing."""
     try:
-        import tensorboard  # noqa: F401
+        import tensorboard  # noqa: F401 - imported only to learn whether it is installed
     except ImportError:
         raise ConfigError(MISSING_MESSAGE) from None

@@ -139,12 +139,6 @@ def camera_to_lidar_poses(poses_cam: np.ndarray, tr: np.ndarray) -> np.ndarray:
     return np.linalg.inv(tr) @ poses_cam @ tr
 
 
-def transform_points(xyz: np.ndarray, transform: np.ndarray) -> np.ndarray:
-    """Apply a 4x4 rigid transform to (N,3) points, keeping float32 when given float32."""
-    out = xyz @ transform[:3, :3].T.astype(xyz.dtype) + transform[:3, 3].astype(xyz.dtype)
-    return out.astype(xyz.dtype, copy=False)
-
-
 # ---- writers (used by the synthetic generator and the benchmark-format export) ------------
 def write_scan(path: str | Path, points: np.ndarray) -> None:
     points = np.ascontiguousarray(points, dtype=POINT_DTYPE)

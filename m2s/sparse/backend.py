@@ -93,7 +93,7 @@ def _minkowski_has_cuda() -> bool:
         return False
     from m2s.sparse import minkowski_backend
 
-    me, _ = minkowski_backend._load()
+    me, _ = minkowski_backend.load()
     return bool(me is not None and getattr(me, "is_cuda_available", lambda: False)())
 
 

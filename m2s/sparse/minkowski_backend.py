@@ -24,7 +24,7 @@ _COLLECTIONS_ALIASES = ("Sequence", "Mapping", "MutableMapping", "Iterable", "Ca
 
 
 @functools.cache
-def _load() -> tuple[ModuleType | None, str]:
+def load() -> tuple[ModuleType | None, str]:
     """Import MinkowskiEngine once; returns (module or None, reason it is unusable)."""
     import collections
     import collections.abc
@@ -53,7 +53,7 @@ def _load() -> tuple[ModuleType | None, str]:
 
 
 def availability() -> tuple[bool, str]:
-    me, why = _load()
+    me, why = load()
     return me is not None, why
 
 
@@ -88,7 +88,7 @@ class MinkowskiBackend(SparseBackend):
     name = "minkowski"
 
     def __init__(self) -> None:
-        me, why = _load()
+        me, why = load()
         if me is None:
             raise BackendUnavailable(
                 f"MinkowskiEngine is unusable: {why}. Install it with `make setup` "

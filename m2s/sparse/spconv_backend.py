@@ -55,7 +55,7 @@ from torch.autograd.function import once_differentiable
 from m2s.errors import BackendUnavailable, ConfigError, DataError
 from m2s.sparse.backend import SparseBackend
 from m2s.sparse.tensor import SparseTensor, validate_input
-from m2s.sparse.torch_backend import _amp_cast, check_weight
+from m2s.sparse.torch_backend import amp_cast, check_weight
 
 #: Coordinate origins are multiples of this (every stride up to ORIGIN_ALIGN / 2 floors alike).
 ORIGIN_ALIGN = 256
@@ -341,7 +341,7 @@ class SpconvBackend(SparseBackend):
         return result
 
     def _run(self, kind: str, x: SparseTensor, weight: torch.Tensor, pairs: _Pairs, num_out: int) -> torch.Tensor:
-        feats, w = _amp_cast(x.feats, weight)
+        feats, w = amp_cast(x.feats, weight)
         out_dtype = feats.dtype
         if out_dtype not in SPCONV_DTYPES:  # bfloat16: computed in float32, returned as bfloat16
             feats, w = feats.float(), w.float()

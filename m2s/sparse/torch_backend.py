@@ -226,7 +226,7 @@ class _StridedConvFn(torch.autograd.Function):
         return gx, gw, None, None
 
 
-def _amp_cast(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def amp_cast(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cast operands to the autocast dtype: custom Functions bypass autocast's own casting,
     and index_add_ needs one dtype throughout."""
     dev = x.device.type
@@ -267,7 +267,7 @@ class TorchBackend(SparseBackend):
         mgr = self._mgr(x)
         check_weight(weight, 27, x.num_channels)
         kmap = mgr.subm_map(x.stride)
-        feats, w = _amp_cast(x.feats, weight)
+        feats, w = amp_cast(x.feats, weight)
         with torch.autocast(x.feats.device.type, enabled=False):
             out = _SubmConvFn.apply(feats, w, kmap)
         return SparseTensor(mgr.levels[x.stride].coords, out, x.stride, manager=mgr, key=x.stride)
@@ -276,7 +276,7 @@ class TorchBackend(SparseBackend):
         mgr = self._mgr(x)
         check_weight(weight, 8, x.num_channels)
         dmap = mgr.down_map(x.stride)
-        feats, w = _amp_cast(x.feats, weight)
+        feats, w = amp_cast(x.feats, weight)
         with torch.autocast(x.feats.device.type, enabled=False):
             out = _StridedConvFn.apply(feats, w, dmap, False)
         s = 2 * x.stride
@@ -287,7 +287,7 @@ class TorchBackend(SparseBackend):
         self._check_up_target(x, target)
         check_weight(weight, 8, x.num_channels)
         dmap = mgr.down_map(target.stride)
-        feats, w = _amp_cast(x.feats, weight)
+        feats, w = amp_cast(x.feats, weight)
         with torch.autocast(x.feats.device.type, enabled=False):
             out = _StridedConvFn.apply(feats, w, dmap, True)
         s = target.stride

@@ -25,17 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fwd_bwd_timing import sync as _sync  # benchmarks/ is on sys.path as the script's folder
+from fwd_bwd_timing import time_fwd_bwd
 
 from m2s.models import ModelConfig, build_model
 from m2s.sparse import SparseTensor, get_backend
 from m2s.sparse.backend import BACKEND_NAMES
 from m2s.sparse.synthetic import synthetic_scan
 from m2s.voxel import VoxelConfig, batch_coords, voxelize_scan
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _autocast(device: torch.device, enabled: bool) -> Any:
@@ -61,23 +58,9 @@ def bench_backend(
     model = build_model(cfg, backend).to(device)
     model.load_state_dict(state)
     model.train()
-    fwd: list[float] = []
-    bwd: list[float] = []
-    for i in range(args.warmup + args.repeats):
-        model.zero_grad(set_to_none=True)
-        _sync(device)
-        t0 = time.perf_counter()
-        with _autocast(device, amp):
-            logits = model(x)
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-        _sync(device)
-        t1 = time.perf_counter()
-        loss.backward()
-        _sync(device)
-        t2 = time.perf_counter()
-        if i >= args.warmup:
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
+    fwd, bwd, last_loss = time_fwd_bwd(
+        model, x, labels, device, lambda: _autocast(device, amp), args.warmup, args.repeats
+    )
     kmap: list[float] = []
     for _ in range(max(1, args.repeats)):
         _sync(device)
@@ -91,10 +74,10 @@ def bench_backend(
         "amp": amp,
         "forward_s": statistics.median(fwd),
         "backward_s": statistics.median(bwd),
-        "total_s": statistics.median([a + b for a, b in zip(fwd, bwd)]),
+        "total_s": statistics.median([a + b for a, b in zip(fwd, bwd, strict=True)]),
         "kernel_map_s": statistics.median(kmap),
-        "runs_total_s": [a + b for a, b in zip(fwd, bwd)],
-        "loss": float(loss.detach()),
+        "runs_total_s": [a + b for a, b in zip(fwd, bwd, strict=True)],
+        "loss": last_loss,
     }
 
 
@@ -104,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--voxel-size", type=float, default=0.05, help="voxel edge in metres")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per backend (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per backend first")
-    p.add_argument(
-        "--backends", default="torch,minkowski,spconv", help="comma-separated: torch,minkowski,spconv"
-    )
+    p.add_argument("--backends", default="torch,minkowski,spconv", help="comma-separated: torch,minkowski,spconv")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU)")
     p.add_argument("--size", type=int, default=18, choices=[14, 18, 34])
@@ -163,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         from m2s.sparse import spconv_backend
 
         print(spconv_backend.describe())
-    header = f"{'backend':<10} {'forward ms':>11} {'backward ms':>12} {'fwd+bwd ms':>11} {'kernel map ms':>14} {'ratio':>6}"
+    header = (
+        f"{'backend':<10} {'forward ms':>11} {'backward ms':>12} {'fwd+bwd ms':>11} {'kernel map ms':>14} {'ratio':>6}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:

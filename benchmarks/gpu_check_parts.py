@@ -164,13 +164,6 @@ class PartContext:
 
 
 # ---- helpers shared by the parts ---------------------------------------------------------------
-def _sync(device: Any) -> None:
-    import torch
-
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _reset_peak(device: Any) -> None:
     import torch
 
@@ -410,6 +403,7 @@ def _minkunet_step(
 ) -> tuple[Any, dict[str, Any], float]:
     """One train-mode forward + backward: (logits, {param: grad}, loss), all on the CPU."""
     import torch
+    from fwd_bwd_timing import sync
 
     from m2s.models import build_model
     from m2s.sparse import SparseTensor
@@ -421,7 +415,7 @@ def _minkunet_step(
     logits = model(xd)
     loss = torch.nn.functional.cross_entropy(logits, labels.to(device))
     loss.backward()
-    _sync(device)
+    sync(device)
     grads = {n: p.grad.detach().cpu() for n, p in model.named_parameters() if p.grad is not None}
     return logits.detach().cpu(), grads, float(loss.detach())
 
@@ -510,6 +504,7 @@ def _bench_one(
     backend: str, size: int, dtype: str, x: Any, labels: Any, ctx: PartContext, device: str
 ) -> dict[str, Any]:
     import torch
+    from fwd_bwd_timing import time_fwd_bwd
 
     from m2s.models import ModelConfig, build_model
 
@@ -517,26 +512,16 @@ def _bench_one(
     torch.manual_seed(0)
     model = build_model(cfg, backend).to(device).train()
     _reset_peak(device)
-    fwd: list[float] = []
-    bwd: list[float] = []
-    runs = ctx.sizes.warmup + ctx.sizes.repeats
-    for i in range(runs):
-        if i >= ctx.sizes.warmup and fwd and ctx.deadline.expired():
-            break  # keep the timed runs so far
-        model.zero_grad(set_to_none=True)
-        _sync(device)
-        t0 = time.perf_counter()
-        with _autocast(device, dtype):
-            logits = model(x)
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-        _sync(device)
-        t1 = time.perf_counter()
-        loss.backward()
-        _sync(device)
-        t2 = time.perf_counter()
-        if i >= ctx.sizes.warmup:
-            fwd.append(t1 - t0)
-            bwd.append(t2 - t1)
+    fwd, bwd, last_loss = time_fwd_bwd(
+        model,
+        x,
+        labels,
+        device,
+        lambda: _autocast(device, dtype),
+        ctx.sizes.warmup,
+        ctx.sizes.repeats,
+        stop=ctx.deadline.expired,
+    )
     if not fwd:
         return {"backend": backend, "model": f"MinkUNet{size}", "dtype": dtype, "stopped": "budget reached in warm-up"}
     total = statistics.median([a + b for a, b in zip(fwd, bwd, strict=True)])
@@ -551,32 +536,31 @@ def _bench_one(
         "scans_per_s": ctx.sizes.batch / total,
         "timed_runs": len(fwd),
         "peak_MiB": _peak_mib(device),
-        "loss": float(loss.detach()),
+        "loss": last_loss,
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
     }
 
 
 def _bench_native(size: int, dtype: str, x: Any, labels: Any, ctx: PartContext, device: str) -> dict[str, Any]:
     import torch
+    from fwd_bwd_timing import time_fwd_bwd
 
     torch.manual_seed(0)
     from spconv_native import spconv_native_minkunet
 
     model = spconv_native_minkunet(size, ctx.sizes.width).to(device).train()
     _reset_peak(device)
-    times: list[float] = []
-    for i in range(ctx.sizes.warmup + ctx.sizes.repeats):
-        if i >= ctx.sizes.warmup and times and ctx.deadline.expired():
-            break
-        model.zero_grad(set_to_none=True)
-        _sync(device)
-        t0 = time.perf_counter()
-        with _autocast(device, dtype):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), labels)
-        loss.backward()
-        _sync(device)
-        if i >= ctx.sizes.warmup:
-            times.append(time.perf_counter() - t0)
+    fwd, bwd, last_loss = time_fwd_bwd(
+        model,
+        x,
+        labels,
+        device,
+        lambda: _autocast(device, dtype),
+        ctx.sizes.warmup,
+        ctx.sizes.repeats,
+        stop=ctx.deadline.expired,
+    )
+    times = [f + b for f, b in zip(fwd, bwd, strict=True)]
     total = statistics.median(times)
     return {
         "backend": "spconv-native",
@@ -589,7 +573,7 @@ def _bench_native(size: int, dtype: str, x: Any, labels: Any, ctx: PartContext, 
         "scans_per_s": ctx.sizes.batch / total,
         "timed_runs": len(times),
         "peak_MiB": _peak_mib(device),
-        "loss": float(loss.detach()),
+        "loss": last_loss,
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "note": "spconv.pytorch modules, spconv's default algorithm: the reference of the 1.5x target",
     }

@@ -151,15 +151,7 @@ def validate_input(coords: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         raise DataError(f"features must be floating point, got {feats.dtype}")
     if coords.device != feats.device:
         raise DataError(f"coordinates on {coords.device} but features on {feats.device}")
-    lo = coords.min(dim=0).values.tolist()
-    hi = coords.max(dim=0).values.tolist()
-    if lo[0] < 0 or hi[0] > BATCH_MAX:
-        raise DataError(f"batch indices must lie in [0, {BATCH_MAX}], got [{lo[0]}, {hi[0]}]")
-    if min(lo[1:]) < COORD_MIN or max(hi[1:]) > COORD_MAX:
-        raise DataError(
-            f"voxel coordinates must lie in [{COORD_MIN}, {COORD_MAX}] (16-bit key packing), "
-            f"got [{min(lo[1:])}, {max(hi[1:])}]; use a larger voxel size or crop the scan"
-        )
+    coords = check_coords(coords, "input coordinates")  # the codec's range: batch and x, y, z
     if not bool(torch.isfinite(feats).all()):
         bad = int((~torch.isfinite(feats)).any(dim=1).sum())
         raise DataError(f"features contain NaN or inf in {bad} voxel(s)")
